@@ -1,0 +1,1 @@
+"""FastAPI adapters: the FHIR REST router, health/readiness, metrics, and the stand-alone app."""

@@ -1,0 +1,76 @@
+"""The per-application runtime: settings, store and gateway, started once and shared by the routes.
+
+Start-up never fails because the database is down: the server comes up, `/ready` says the database
+is unreachable, requests get 503, and migrations are retried on the next request until they succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import Request
+
+from fhir_gateway.auth.tokens import context_from_token
+from fhir_gateway.context import RequestContext
+from fhir_gateway.errors import GatewayError, Unauthorized
+from fhir_gateway.gateway import Gateway
+from fhir_gateway.settings import Settings
+from fhir_gateway.store.store import Store
+
+log = structlog.get_logger("fhir_gateway.runtime")
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.database_url)
+        self.gateway = Gateway(settings, self.store)
+        self._migrated = not settings.run_migrations
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        try:
+            await self.ensure_schema()
+        except GatewayError:
+            log.warning("database_unavailable_at_start")
+
+    async def ensure_schema(self) -> None:
+        if self._migrated:
+            return
+        async with self._lock:
+            if not self._migrated:
+                await self.store.upgrade()
+                self._migrated = True
+
+    async def stop(self) -> None:
+        await self.store.dispose()
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def ready_gateway(self) -> Gateway:
+        await self.ensure_schema()
+        return self.gateway
+
+    def context(self, request: Request) -> RequestContext:
+        header = request.headers.get("authorization")
+        request_id = request.headers.get("x-request-id")
+        if header:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("Use Authorization: Bearer <token>")
+            ctx = context_from_token(self.settings, token.strip())
+        else:
+            ctx = RequestContext(source="rest")
+        if request_id:
+            ctx.request_id = request_id[:64]
+        return ctx

@@ -1,0 +1,1 @@
+"""Authentication: bearer JWTs in, RequestContext out (enforcement of scopes/roles: privacy/access.py)."""

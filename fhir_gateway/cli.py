@@ -1,0 +1,167 @@
+"""The `fhir-gateway` command line (typer + rich).
+
+Every command that touches the database takes `--database-url` and `--config`, so it can be pointed
+at a running server's database. Settings are layered exactly as for the server (settings.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from fhir_gateway.settings import Settings, SettingsError, encrypt_value, generate_master_key, load_settings
+
+app = typer.Typer(
+    help="fhir_gateway: FHIR R4 interoperability server", no_args_is_help=True, pretty_exceptions_enable=False
+)
+db_app = typer.Typer(help="Database schema", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration helpers", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file")]
+DbOpt = Annotated[
+    str | None, typer.Option("--database-url", help="SQLAlchemy URL, e.g. sqlite+aiosqlite:///gw.db")
+]
+
+
+def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, overrides=overrides)
+    except SettingsError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8080)")] = None,
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+    mllp_port: Annotated[int | None, typer.Option("--mllp-port", help="HL7v2 MLLP listener port")] = None,
+    dicom_port: Annotated[int | None, typer.Option("--dicom-port", help="DICOM C-STORE SCP port")] = None,
+) -> None:
+    """Run the server (embedded SQLite under ./data unless told otherwise)."""
+    import uvicorn
+
+    from fhir_gateway.api.app import create_app
+
+    settings = settings_from(
+        config, host=host, port=port, database_url=database_url, mllp_port=mllp_port, dicom_port=dicom_port
+    )
+    for name, value in (("MLLP", settings.mllp_port), ("DICOM", settings.dicom_port)):
+        if value is not None:
+            err.print(
+                f"[yellow]warning:[/yellow] the {name} listener is not part of this build yet; port ignored"
+            )
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None, database_url: DbOpt = None) -> None:
+    """Apply the schema migrations (the server also does this at start)."""
+    from fhir_gateway.store.store import Store
+
+    settings = settings_from(config, database_url=database_url)
+
+    async def run() -> None:
+        store = Store(settings.database_url)
+        try:
+            await store.upgrade()
+        finally:
+            await store.dispose()
+
+    run_or_exit(run())
+    err.print("[green]database schema is up to date[/green]")
+
+
+@config_app.command("encrypt")
+def config_encrypt(value: Annotated[str, typer.Argument(help="The secret to encrypt")]) -> None:
+    """Print ENC[...] for a YAML config value, encrypted with FHIR_GATEWAY_MASTER_KEY."""
+    key = os.environ.get("FHIR_GATEWAY_MASTER_KEY")
+    if not key:
+        err.print("[red]set FHIR_GATEWAY_MASTER_KEY first[/red] (make one with `fhir-gateway config genkey`)")
+        raise typer.Exit(2)
+    try:
+        print(encrypt_value(value, key))
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+@config_app.command("genkey")
+def config_genkey() -> None:
+    """Print a new master key for encrypting config secrets."""
+    print(generate_master_key())
+
+
+@app.command()
+def token(
+    sub: Annotated[str, typer.Option("--sub", help="Subject (user id or FHIR reference)")],
+    role: Annotated[list[str] | None, typer.Option("--role", help="Role (repeatable)")] = None,
+    scope: Annotated[str, typer.Option("--scope", help="Space-separated SMART scopes")] = "",
+    patient: Annotated[str | None, typer.Option("--patient", help="Patient launch context")] = None,
+    purpose: Annotated[
+        list[str] | None, typer.Option("--purpose", help="purposeOfUse code (repeatable)")
+    ] = None,
+    fhir_user: Annotated[str | None, typer.Option("--fhir-user", help="fhirUser reference")] = None,
+    minutes: Annotated[int | None, typer.Option("--minutes", help="Lifetime in minutes")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print a development token signed with the configured signing key (refused in production)."""
+    from fhir_gateway.auth.tokens import mint_token
+
+    settings = settings_from(config)
+    if settings.environment == "production":
+        err.print("[red]production tokens come from the identity provider; refusing to mint one[/red]")
+        raise typer.Exit(2)
+    print(
+        mint_token(
+            settings,
+            sub=sub,
+            roles=role or (),
+            scope=scope,
+            patient=patient,
+            purpose=purpose or (),
+            fhir_user=fhir_user,
+            minutes=minutes,
+        )
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.json resources or Bundles)")],
+    config: ConfigOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Load files through the gateway's write path, with a progress bar.
+
+    Bad files are reported and skipped; the rest go on."""
+    from fhir_gateway.ingest.files import ingest_paths
+
+    settings = settings_from(config, database_url=database_url)
+    failures = run_or_exit(ingest_paths(settings, paths, err))
+    raise typer.Exit(1 if failures else 0)
+
+
+def run_or_exit(coro: Any) -> Any:
+    from fhir_gateway.errors import GatewayError
+
+    try:
+        return asyncio.run(coro)
+    except GatewayError as exc:
+        err.print(f"[red]error:[/red] {exc.diagnostics}")
+        raise typer.Exit(1) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,40 @@
+"""Who is asking, and why: the per-request context every write stage and read decision receives."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """The caller of one request or one ingested message.
+
+    `claims` keeps the verified token claims as they came, for stages that need more than the
+    fields lifted out here. `source` names the channel (rest, hl7v2, dicom, cli) and, for feeds,
+    the sending system, so provenance and authority stages can tell sources apart.
+    """
+
+    subject: str | None = None
+    roles: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    patient: str | None = None
+    purpose_of_use: tuple[str, ...] = ()
+    fhir_user: str | None = None
+    jti: str | None = None
+    source: str = "rest"
+    source_system: str | None = None
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def system(cls, source: str, source_system: str | None = None) -> RequestContext:
+        """A context for the gateway's own work (ingest, CLI), with no end user."""
+        return cls(
+            subject=f"system:{source}",
+            roles=("integration",),
+            scopes=("system/*.*",),
+            source=source,
+            source_system=source_system,
+        )

@@ -1,0 +1,1 @@
+"""Loaders for the compiled R4 definitions shipped in fhir_gateway/profiles and fhir_gateway/terminology."""

@@ -1,0 +1,1 @@
+"""FHIR R4 helpers: JSON, dates, element subsetting, bundles, references, CapabilityStatement."""

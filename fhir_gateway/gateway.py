@@ -1,0 +1,310 @@
+"""The Gateway: the only façade over the store. `submit` is the one write path; read/search the read path.
+
+Every adapter (REST, HL7v2, DICOM, CLI ingest) ends by building a transaction or batch Bundle and
+calling `Gateway.submit`; the REST layer turns a single create/update/patch/delete into a one-entry
+transaction, so conditional logic, reference resolution, pipeline stages and the commit live here
+once. Reads go through `read`/`vread`/`history`/`search`, where the policy decision point will sit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import Select
+
+from fhir_gateway.context import RequestContext
+from fhir_gateway.definitions.search_parameters import resource_types
+from fhir_gateway.errors import BadRequest, GatewayError, Gone, NotFound
+from fhir_gateway.fhir.dates import date_range, format_instant
+from fhir_gateway.fhir.json import Resource
+from fhir_gateway.fhir.requests import RequestTarget, parse_target
+from fhir_gateway.pipeline.stage import Pipeline
+from fhir_gateway.settings import Settings
+from fhir_gateway.store import searching
+from fhir_gateway.store.search.params import parse_search
+from fhir_gateway.store.search.query import where_clause
+from fhir_gateway.store.store import Store, StoredVersion, select_current
+from fhir_gateway.transaction import METHOD_ORDER, EntryPlan, EntryProcessor, EntryResult
+
+HTTP_METHODS = frozenset(METHOD_ORDER)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: Store, pipeline: Pipeline | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.pipeline = pipeline if pipeline is not None else Pipeline.from_settings(settings)
+        self.types = resource_types()
+
+    # ---- write path -----------------------------------------------------------------------------
+    async def submit(self, bundle: Resource, ctx: RequestContext, *, base: str = "") -> Resource:
+        """Apply a transaction or batch Bundle; answer with its transaction-/batch-response Bundle."""
+        results = await self.submit_entries(bundle, ctx)
+        kind = "transaction-response" if bundle.get("type") == "transaction" else "batch-response"
+        return {"resourceType": "Bundle", "type": kind, "entry": [r.to_entry(base) for r in results]}
+
+    async def submit_entries(
+        self, bundle: Resource, ctx: RequestContext, *, single: bool = False
+    ) -> list[EntryResult]:
+        """The entries' results in Bundle order. `single` marks a REST interaction wrapped in a Bundle,
+        so error expressions name the resource rather than a Bundle entry the client never sent."""
+        plans = self._plan(bundle)
+        if bundle.get("type") == "transaction":
+            return await self._transaction(bundle, plans, ctx, single)
+        return [await self._batch_entry(bundle, plan, ctx) for plan in plans]
+
+    async def _transaction(
+        self, bundle: Resource, plans: list[EntryPlan], ctx: RequestContext, single: bool
+    ) -> list[EntryResult]:
+        results: dict[int, EntryResult] = {}
+        writes = [p for p in plans if p.method not in ("GET", "HEAD")]
+        async with self.store.transaction() as tx:
+            processor = EntryProcessor(self, tx, ctx, bundle, single=single)
+            await processor.assign_ids(writes)
+            await processor.resolve_references(writes)
+            for plan in sorted(writes, key=lambda p: (METHOD_ORDER[p.method], p.index)):
+                try:
+                    results[plan.index] = await processor.apply(plan)
+                except GatewayError as exc:
+                    if not single:
+                        exc.issues[0].expression = exc.issues[0].expression or [f"Bundle.entry[{plan.index}]"]
+                    raise
+        for plan in plans:
+            if plan.index not in results:
+                results[plan.index] = await self.get_entry(plan.target, ctx)
+        return [results[p.index] for p in plans]
+
+    async def _batch_entry(self, bundle: Resource, plan: EntryPlan, ctx: RequestContext) -> EntryResult:
+        """One batch entry in its own database transaction; its failure is only its own answer."""
+        try:
+            if plan.method in ("GET", "HEAD"):
+                return await self.get_entry(plan.target, ctx)
+            async with self.store.transaction() as tx:
+                processor = EntryProcessor(self, tx, ctx, bundle)
+                await processor.assign_ids([plan])
+                await processor.resolve_references([plan])
+                return await processor.apply(plan)
+        except GatewayError as exc:
+            return EntryResult(exc.status, outcome=exc.outcome())
+
+    def _plan(self, bundle: Any) -> list[EntryPlan]:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise BadRequest("Expected a Bundle", expression="Bundle", code="structure")
+        if bundle.get("type") not in ("transaction", "batch"):
+            raise BadRequest(
+                "Bundle.type must be transaction or batch", expression="Bundle.type", code="value"
+            )
+        entries = bundle.get("entry", [])
+        if not isinstance(entries, list):
+            raise BadRequest("Bundle.entry must be an array", expression="Bundle.entry", code="structure")
+        plans = [self._plan_entry(i, e) for i, e in enumerate(entries)]
+        self._check_full_urls(plans)
+        return plans
+
+    def _plan_entry(self, index: int, entry: Any) -> EntryPlan:
+        where = f"Bundle.entry[{index}]"
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict):
+            raise BadRequest("Each entry needs a request", expression=f"{where}.request", code="required")
+        method, url = request.get("method"), request.get("url")
+        if method not in HTTP_METHODS:
+            raise BadRequest("Unsupported request method", expression=f"{where}.request.method", code="value")
+        if not isinstance(url, str) or not url:
+            raise BadRequest(
+                "Each entry needs a request.url", expression=f"{where}.request.url", code="required"
+            )
+        try:
+            target = parse_target(url, self.types)
+        except GatewayError as exc:
+            exc.issues[0].expression = [f"{where}.request.url"]
+            raise
+        if method not in ("GET", "HEAD") and (target.operation or target.version_id is not None):
+            raise BadRequest(
+                "Operations and versions cannot be written in a Bundle entry",
+                expression=f"{where}.request.url",
+                code="not-supported",
+            )
+        full_url = entry.get("fullUrl")
+        return EntryPlan(
+            index,
+            method,
+            target,
+            entry.get("resource"),
+            full_url if isinstance(full_url, str) else None,
+            request.get("ifMatch"),
+            request.get("ifNoneExist"),
+        )
+
+    @staticmethod
+    def _check_full_urls(plans: list[EntryPlan]) -> None:
+        seen: set[str] = set()
+        for plan in plans:
+            if plan.full_url and plan.method != "GET":
+                if plan.full_url in seen:
+                    raise BadRequest(
+                        "Duplicate fullUrl in Bundle",
+                        expression=f"Bundle.entry[{plan.index}].fullUrl",
+                        code="duplicate",
+                    )
+                seen.add(plan.full_url)
+
+    def check_body(self, body: Any, res_type: str, where: str) -> Resource:
+        """The minimal shape every written resource must have (full validation is a pipeline stage)."""
+        if not isinstance(body, dict):
+            raise BadRequest(
+                "The body must be a FHIR resource (a JSON object)", expression=where, code="structure"
+            )
+        if body.get("resourceType") != res_type:
+            raise BadRequest(
+                f"resourceType must be {res_type} for this URL",
+                expression=f"{where}.resourceType",
+                code="invalid",
+            )
+        return body
+
+    def conditional_query(
+        self, res_type: str, query: str | Sequence[tuple[str, str]], where: str
+    ) -> Select[Any]:
+        """The current resources a conditional create/update/delete/reference selects (at most 2)."""
+        raw = parse_qsl(query, keep_blank_values=True) if isinstance(query, str) else list(query)
+        if not raw:
+            raise BadRequest("A conditional request needs search parameters", expression=where)
+        parsed = parse_search(res_type, raw, strict=True, default_count=2, max_count=2)
+        return select_current().where(where_clause(parsed)).limit(2)
+
+    # ---- read path ------------------------------------------------------------------------------
+    async def read(self, res_type: str, res_id: str, ctx: RequestContext) -> StoredVersion:
+        version = await self.store.read(res_type, res_id)
+        if version is None:
+            raise NotFound("Resource not found", expression=res_type)
+        if version.deleted:
+            raise Gone("Resource was deleted", expression=res_type)
+        return version
+
+    async def vread(self, res_type: str, res_id: str, version_id: int, ctx: RequestContext) -> StoredVersion:
+        version = await self.store.vread(res_type, res_id, version_id)
+        if version is None:
+            raise NotFound("Version not found", expression=res_type)
+        if version.deleted:
+            raise Gone("This version is a deletion", expression=res_type)
+        return version
+
+    async def get_entry(self, target: RequestTarget, ctx: RequestContext, *, base: str = "") -> EntryResult:
+        """A GET inside a batch/transaction, through the same read path as REST."""
+        try:
+            if target.res_type and target.res_id and target.operation is None:
+                v = await (
+                    self.vread(target.res_type, target.res_id, target.version_id, ctx)
+                    if target.version_id is not None
+                    else self.read(target.res_type, target.res_id, ctx)
+                )
+                return EntryResult(200, v.res_type, v.res_id, v, v.resource())
+            if target.res_type and target.operation in (None, "_search") and target.res_id is None:
+                bundle = await self.search(target.res_type, list(target.query), ctx, base=base)
+                return EntryResult(200, resource=bundle)
+            if target.operation == "_history":
+                bundle = await self.history(
+                    ctx, res_type=target.res_type, res_id=target.res_id, query=list(target.query), base=base
+                )
+                return EntryResult(200, resource=bundle)
+            raise BadRequest("Unsupported GET in a Bundle entry", code="not-supported")
+        except GatewayError as exc:
+            return EntryResult(exc.status, outcome=exc.outcome())
+
+    async def history(
+        self,
+        ctx: RequestContext,
+        *,
+        res_type: str | None = None,
+        res_id: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        base: str = "",
+    ) -> Resource:
+        params = dict(query)
+        count = _int_param(params, "_count", self.settings.default_page_size, self.settings.max_page_size)
+        offset = _int_param(params, "_offset", 0, None)
+        since = _instant_param(params, "_since")
+        # Pin the page set to "now" so next links stay stable while writes continue.
+        before = float(params["_before"]) if _is_float(params.get("_before")) else time.time()
+        if res_id is not None and res_type is not None and await self.store.read(res_type, res_id) is None:
+            raise NotFound("Resource not found", expression=res_type)
+        versions, total = await self.store.history(
+            res_type=res_type, res_id=res_id, since=since, at_or_before=before, count=count, offset=offset
+        )
+        path = "/".join(p for p in (res_type, res_id) if p) + ("/_history" if res_type else "_history")
+        keep = [(k, v) for k, v in query if k == "_since"] + [("_before", repr(before))]
+        entries = [_history_entry(v, base) for v in versions]
+        return {
+            "resourceType": "Bundle",
+            "type": "history",
+            "total": total,
+            "link": searching.page_links(f"{base}/{path}", keep, offset, count, total),
+            "entry": entries,
+        }
+
+    async def search(
+        self,
+        res_type: str,
+        raw: Sequence[tuple[str, str]],
+        ctx: RequestContext,
+        *,
+        base: str = "",
+        strict: bool | None = None,
+    ) -> Resource:
+        strict = self.settings.search_handling == "strict" if strict is None else strict
+        parsed = parse_search(
+            res_type,
+            raw,
+            strict=strict,
+            default_count=self.settings.default_page_size,
+            max_count=self.settings.max_page_size,
+        )
+        page = await searching.run(self.store, parsed)
+        return searching.bundle(parsed, page, base)
+
+
+def _history_entry(v: StoredVersion, base: str) -> Resource:
+    url = f"{v.res_type}/{v.res_id}"
+    entry: dict[str, Any] = {"fullUrl": f"{base}/{url}"}
+    if not v.deleted:
+        entry["resource"] = v.resource()
+    method = v.method or "PUT"
+    entry["request"] = {"method": method, "url": url if method != "POST" else v.res_type}
+    status = "201 Created" if method == "POST" else ("204 No Content" if v.deleted else "200 OK")
+    entry["response"] = {
+        "status": status,
+        "etag": f'W/"{v.version_id}"',
+        "lastModified": format_instant(v.last_updated),
+    }
+    return entry
+
+
+def _is_float(value: str | None) -> bool:
+    try:
+        return value is not None and float(value) == float(value)
+    except ValueError:
+        return False
+
+
+def _int_param(params: dict[str, str], name: str, default: int, maximum: int | None) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise BadRequest(f"{name} must be a non-negative integer", expression=name, code="value")
+    return min(int(raw), maximum) if maximum is not None else int(raw)
+
+
+def _instant_param(params: dict[str, str], name: str) -> float | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        return date_range(raw)[0]
+    except ValueError:
+        raise BadRequest(
+            f"{name} must be a FHIR instant or dateTime", expression=name, code="value"
+        ) from None

@@ -1,0 +1,87 @@
+"""`fhir-gateway ingest`: FHIR JSON files (resources or Bundles) through the one write path.
+
+A transaction/batch Bundle is submitted as it is; any other Bundle (collection, searchset, document)
+becomes a batch of its entries; a single resource becomes a PUT when it has an id (so re-ingesting
+a file updates instead of duplicating) and a POST when it has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+from fhir_gateway.context import RequestContext
+from fhir_gateway.errors import GatewayError
+from fhir_gateway.fhir.json import Resource, loads
+from fhir_gateway.gateway import Gateway
+from fhir_gateway.settings import Settings
+from fhir_gateway.store.store import Store
+
+SUFFIXES = {".json"}
+
+
+def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+        else:
+            yield path
+
+
+def as_bundle(data: Any) -> Resource:
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise GatewayError("not a FHIR resource (no resourceType)")
+    if data["resourceType"] == "Bundle":
+        if data.get("type") in ("transaction", "batch"):
+            return data
+        entries = [e.get("resource") for e in data.get("entry", []) if isinstance(e, dict)]
+        return {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [_entry(r) for r in entries if isinstance(r, dict)],
+        }
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [_entry(data)]}
+
+
+def _entry(resource: Resource) -> Resource:
+    res_type = resource.get("resourceType")
+    res_id = resource.get("id")
+    if isinstance(res_id, str) and res_id:
+        return {"resource": resource, "request": {"method": "PUT", "url": f"{res_type}/{res_id}"}}
+    return {"resource": resource, "request": {"method": "POST", "url": str(res_type)}}
+
+
+async def ingest_paths(settings: Settings, paths: Sequence[Path], console: Console) -> int:
+    """Ingest every file; returns the number of files that failed (each reported on its own line)."""
+    files = list(iter_files(paths))
+    store = Store(settings.database_url)
+    failures = 0
+    try:
+        if settings.run_migrations:
+            await store.upgrade()
+        gateway = Gateway(settings, store)
+        ctx = RequestContext.system("cli")
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("ingesting", total=len(files))
+            for path in files:
+                try:
+                    bundle = as_bundle(loads(path.read_bytes(), what=path.name))
+                    results = await gateway.submit_entries(bundle, ctx)
+                    failed = [r for r in results if r.status >= 400]
+                    if failed:
+                        failures += 1
+                        console.print(
+                            f"[yellow]{path}[/yellow]: {len(failed)} of {len(results)} entries failed"
+                        )
+                except (GatewayError, OSError) as exc:
+                    failures += 1
+                    console.print(f"[red]{path}[/red]: {exc}")
+                progress.advance(task)
+        console.print(f"ingested {len(files) - failures} of {len(files)} files")
+    finally:
+        await store.dispose()
+    return failures

@@ -1,0 +1,1 @@
+"""Write-pipeline stages: small, ordered, configured in settings (`pipeline: [module:factory, ...]`)."""

@@ -1,0 +1,1 @@
+"""The SQL store: one schema, two dialects (SQLite embedded, PostgreSQL in production)."""

@@ -1,0 +1,1 @@
+"""Search: index extraction on write (extract.py) and SQL query building on read (query.py)."""

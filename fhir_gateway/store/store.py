@@ -1,0 +1,275 @@
+"""The resource store: current versions, full history and search index rows, in one SQL schema.
+
+Only `Gateway.submit` writes, through `Store.transaction()`: everything one submit changes is
+committed in a single database transaction (resources + history + index rows), so a failure leaves
+nothing half-written. Reads go through `read`, `vread`, `history` and `search` on short read-only
+connections. Driver errors that mean "the database is not there" become `ServiceUnavailable` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, and_, delete, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from fhir_gateway.errors import Conflict, ServiceUnavailable
+from fhir_gateway.fhir.json import Resource, loads
+from fhir_gateway.store import engine as engines
+from fhir_gateway.store.schema import INDEX_TABLES, resource_history, resources
+from fhir_gateway.store.search.rows import IndexRows
+
+
+@dataclass(slots=True, frozen=True)
+class StoredVersion:
+    """One version of one resource as stored (content is the serialised JSON, None when deleted)."""
+
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: float
+    deleted: bool
+    content: bytes | None
+    method: str = ""
+    pk: int | None = None
+
+    def resource(self) -> Resource:
+        assert self.content is not None, "a deleted version has no content"
+        parsed: Resource = loads(self.content, what="stored resource")
+        return parsed
+
+
+_CURRENT_COLUMNS = (
+    resources.c.pk,
+    resources.c.res_type,
+    resources.c.res_id,
+    resources.c.version_id,
+    resources.c.last_updated,
+    resources.c.deleted,
+    resources.c.content,
+)
+
+
+def current_from_row(row: Any) -> StoredVersion:
+    return StoredVersion(
+        res_type=row.res_type,
+        res_id=row.res_id,
+        version_id=row.version_id,
+        last_updated=row.last_updated,
+        deleted=bool(row.deleted),
+        content=row.content,
+        pk=row.pk,
+    )
+
+
+def _history_from_row(row: Any) -> StoredVersion:
+    return StoredVersion(
+        res_type=row.res_type,
+        res_id=row.res_id,
+        version_id=row.version_id,
+        last_updated=row.last_updated,
+        deleted=bool(row.deleted),
+        content=row.content,
+        method=row.method,
+    )
+
+
+def select_current() -> Select[Any]:
+    return select(*_CURRENT_COLUMNS)
+
+
+_UNAVAILABLE = (OperationalError, InterfaceError, OSError, ConnectionError)
+
+
+@asynccontextmanager
+async def _database_errors() -> AsyncIterator[None]:
+    """Translate 'database unreachable' into 503; everything else propagates as a bug would."""
+    try:
+        yield
+    except IntegrityError:
+        raise Conflict(
+            "A concurrent write changed this resource; retry the request", code="conflict"
+        ) from None
+    except _UNAVAILABLE as exc:
+        raise ServiceUnavailable("The database is unavailable; nothing was written") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise ServiceUnavailable("The database connection was lost; nothing was written") from exc
+        raise
+
+
+class Transaction:
+    """The write side of one submit: reads see the transaction's own writes."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def current(self, res_type: str, res_id: str) -> StoredVersion | None:
+        stmt = select_current().where(and_(resources.c.res_type == res_type, resources.c.res_id == res_id))
+        if self.conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = (await self.conn.execute(stmt)).first()
+        return current_from_row(row) if row is not None else None
+
+    async def select(self, stmt: Select[Any]) -> list[StoredVersion]:
+        return [current_from_row(r) for r in (await self.conn.execute(stmt)).all()]
+
+    async def write(
+        self,
+        version: StoredVersion,
+        *,
+        previous: StoredVersion | None,
+        rows: IndexRows | None,
+    ) -> None:
+        """Store a new current version, its history row and (unless deleted) its index rows."""
+        values = {
+            "version_id": version.version_id,
+            "last_updated": version.last_updated,
+            "deleted": version.deleted,
+            "content": version.content,
+        }
+        if previous is not None and previous.pk is not None:
+            pk = previous.pk
+            await self.conn.execute(update(resources).where(resources.c.pk == pk).values(**values))
+            for table in INDEX_TABLES.values():
+                await self.conn.execute(delete(table).where(table.c.res_pk == pk))
+        else:
+            result = await self.conn.execute(
+                insert(resources)
+                .values(res_type=version.res_type, res_id=version.res_id, **values)
+                .returning(resources.c.pk)
+            )
+            pk = result.scalar_one()
+        await self.conn.execute(
+            insert(resource_history).values(
+                res_type=version.res_type, res_id=version.res_id, method=version.method, **values
+            )
+        )
+        if rows is not None and not version.deleted:
+            await self._insert_rows(pk, version.res_type, rows)
+
+    async def _insert_rows(self, pk: int, res_type: str, rows: IndexRows) -> None:
+        for attr, table in INDEX_TABLES.items():
+            batch: list[Any] = getattr(rows, attr)
+            if batch:
+                await self.conn.execute(
+                    insert(table),
+                    [{"res_pk": pk, "res_type": res_type, **_row_dict(r)} for r in batch],
+                )
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in row.__slots__}
+
+
+class Store:
+    """Owns the engine; hands out transactions for writes and runs the reads."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: AsyncEngine = engines.create_engine(url)
+        self.sqlite = engines.is_sqlite(url)
+        # SQLite has one writer; serialising writers in-process avoids busy-waiting on the file lock.
+        self._write_lock = asyncio.Lock() if self.sqlite else None
+
+    async def upgrade(self) -> None:
+        async with _database_errors():
+            await engines.upgrade(self.engine)
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return True
+        except (*_UNAVAILABLE, DBAPIError):
+            return False
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One database transaction: committed when the block ends, rolled back on any exception."""
+        async with _database_errors():
+            if self._write_lock is None:
+                async with self.engine.begin() as conn:
+                    yield Transaction(conn)
+            else:
+                async with self._write_lock, self.engine.begin() as conn:
+                    yield Transaction(conn)
+
+    @asynccontextmanager
+    async def reader(self) -> AsyncIterator[AsyncConnection]:
+        async with _database_errors(), self.engine.connect() as conn:
+            yield conn
+
+    async def read(self, res_type: str, res_id: str) -> StoredVersion | None:
+        stmt = select_current().where(and_(resources.c.res_type == res_type, resources.c.res_id == res_id))
+        async with self.reader() as conn:
+            row = (await conn.execute(stmt)).first()
+        return current_from_row(row) if row is not None else None
+
+    async def vread(self, res_type: str, res_id: str, version_id: int) -> StoredVersion | None:
+        h = resource_history.c
+        stmt = select(resource_history).where(
+            and_(h.res_type == res_type, h.res_id == res_id, h.version_id == version_id)
+        )
+        async with self.reader() as conn:
+            row = (await conn.execute(stmt)).first()
+        return _history_from_row(row) if row is not None else None
+
+    async def history(
+        self,
+        *,
+        res_type: str | None = None,
+        res_id: str | None = None,
+        since: float | None = None,
+        at_or_before: float | None = None,
+        count: int,
+        offset: int = 0,
+    ) -> tuple[list[StoredVersion], int]:
+        """Versions newest first, one page of them, and how many there are in all."""
+        h = resource_history.c
+        conditions = []
+        if res_type is not None:
+            conditions.append(h.res_type == res_type)
+        if res_id is not None:
+            conditions.append(h.res_id == res_id)
+        if since is not None:
+            conditions.append(h.last_updated >= since)
+        if at_or_before is not None:
+            conditions.append(h.last_updated <= at_or_before)
+        where = and_(True, *conditions)
+        page = (
+            select(resource_history)
+            .where(where)
+            .order_by(h.last_updated.desc(), h.res_type, h.res_id, h.version_id.desc())
+            .limit(count)
+            .offset(offset)
+        )
+        async with self.reader() as conn:
+            total = await conn.execute(select(func.count()).select_from(resource_history).where(where))
+            rows = (await conn.execute(page)).all()
+            return [_history_from_row(r) for r in rows], int(total.scalar_one())
+
+    async def fetch(self, stmt: Select[Any]) -> list[StoredVersion]:
+        async with self.reader() as conn:
+            return [current_from_row(r) for r in (await conn.execute(stmt)).all()]
+
+    async def scalar(self, stmt: Select[Any]) -> Any:
+        async with self.reader() as conn:
+            return (await conn.execute(stmt)).scalar_one()
+
+
+def by_pks(pks: Iterable[int]) -> Select[Any]:
+    return select_current().where(resources.c.pk.in_(list(pks)))
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,439 @@
+"""Compile the official FHIR R4 4.0.1 definitions into the compact tables that ship in the wheel.
+
+    python tools/compile_definitions.py [--source ../shared/fhir-r4] [--out fhir_gateway]
+
+Writes `profiles/search-parameters.json` and `profiles/summary-elements.json` under --out. The output
+is deterministic (sorted keys, sorted lists), so re-running it on the same source reproduces the
+committed files byte for byte; tests check that.
+
+Search-parameter expressions are compiled here, once, into step programs that the write path runs
+without a FHIRPath engine (fhir_gateway/definitions/search_parameters.py documents the format). The
+R4 expressions use only a handful of shapes: dotted paths, `as`/`as()` casts on choice elements,
+`where(resolve() is T)`, `where(field='value')`, `[n]`, and the one `exists() and != false` test of
+Patient.deceased; anything else stops the build rather than being guessed at. Every path records
+the FHIR type of the element it selects (from the StructureDefinition snapshots), so extraction
+never has to guess a datatype from JSON shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import gzip
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT_TYPES = frozenset({"Resource", "DomainResource"})
+SKIPPED = frozenset({"_text", "_content", "_query"})  # no expression: nothing to index
+FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
+DECEASED = re.compile(r"(\w+)\.(\w+)\.exists\(\) and \1\.\2 != false")
+CAST_IN_PARENS = re.compile(r"\((?P<inner>[^()]+) as (?P<type>\w+)\)")
+SEGMENT = re.compile(
+    r"\.?(?:as\((?P<cast>\w+)\)|where\(resolve\(\) is (?P<resolves>\w+)\)"
+    r"|where\((?P<field>\w+)='(?P<value>[^']*)'\)|(?P<name>%?\w+)(?:\[(?P<index>\d+)\])?)"
+)
+# The FHIR types each search-parameter type can index; anything else is a definition error.
+_TEXTS = frozenset({"string", "markdown", "code", "id", "uri", "url", "canonical"})
+_URIS = frozenset({"uri", "url", "canonical", "oid", "uuid"})
+_QUANTITIES = frozenset(
+    {"Quantity", "Age", "Duration", "Distance", "Count", "SimpleQuantity", "MoneyQuantity"}
+)
+INDEXABLE: dict[str, frozenset[str]] = {
+    "string": _TEXTS | {"HumanName", "Address"},
+    "token": _TEXTS | _URIS | {"Coding", "CodeableConcept", "Identifier", "ContactPoint", "boolean"},
+    "reference": frozenset({"Reference", "canonical", "uri", "url", "Resource"}),
+    "date": frozenset({"date", "dateTime", "instant", "Period", "Timing"}),
+    "number": frozenset({"integer", "decimal", "positiveInt", "unsignedInt"}),
+    "quantity": _QUANTITIES | {"Money", "Range"},
+    "uri": _URIS,
+}
+
+
+class DefinitionError(Exception):
+    """An expression or element this compiler cannot represent; the build stops."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a path under construction stands: its steps, the element, and the element's type(s).
+
+    `choices` is non-empty while a choice element (`value[x]`) awaits its cast; the last step's
+    name is then still the bare prefix (`value`).
+    """
+
+    steps: tuple[dict[str, Any], ...]
+    element: str
+    type: str
+    choices: tuple[str, ...] = ()
+    from_resource: bool = False  # a component path that restarts at the resource (`%resource.`)
+    exists_not_false: bool = False  # the `x.exists() and x != false` test, indexed as a boolean
+
+
+@dataclass
+class Definitions:
+    elements: dict[str, dict[str, Any]]  # element path -> ElementDefinition, for every base definition
+    resource_types: list[str]  # concrete resource types
+    domain_types: frozenset[str]  # those derived from DomainResource
+    search_parameters: list[dict[str, Any]]
+    build_id: str
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, source: Path) -> Definitions:
+        structures = [
+            r
+            for name in ("profiles-resources.json.gz", "profiles-types.json.gz")
+            for r in _entries(source / name)
+            if r["resourceType"] == "StructureDefinition"
+        ]
+        bases = [s for s in structures if s.get("derivation") != "constraint"]
+        elements = {e["path"]: e for s in bases for e in s["snapshot"]["element"]}
+        concrete = sorted(
+            s["id"]
+            for s in bases
+            if s["kind"] == "resource" and not s.get("abstract") and s.get("derivation") == "specialization"
+        )
+        domain = frozenset(s["id"] for s in bases if s.get("baseDefinition", "").endswith("/DomainResource"))
+        info = configparser.ConfigParser()
+        info.read_string((source / "version.info").read_text())
+        params = list(_entries(source / "search-parameters.json.gz"))
+        return cls(elements, concrete, domain, params, info["FHIR"]["buildId"])
+
+    def header(self) -> str:
+        return f"by tools/compile_definitions.py from FHIR R4 4.0.1 (buildId {self.build_id}) — do not edit"
+
+    # --- element navigation -----------------------------------------------------------------
+
+    def child(self, cursor: Cursor, name: str) -> Cursor:
+        """The cursor one step down: an inline (backbone) child, else a child of the element's type."""
+        for base in dict.fromkeys((cursor.element, cursor.type)):
+            for path in (f"{base}.{name}", f"{base}.{name}[x]"):
+                element = self.elements.get(path)
+                if element is not None:
+                    return self._enter(cursor, name, path, element)
+        raise DefinitionError(f"no element {name!r} under {cursor.element} ({cursor.type})")
+
+    def _enter(self, cursor: Cursor, name: str, path: str, element: dict[str, Any]) -> Cursor:
+        ref = element.get("contentReference")
+        if ref:
+            path, element = ref[1:], self.elements[ref[1:]]
+        types = tuple(dict.fromkeys(_type_code(t) for t in element.get("type", ())))
+        steps = (*cursor.steps, {"name": name})
+        if path.endswith("[x]"):
+            return replace(cursor, steps=steps, element=path, type="", choices=types)
+        if len(types) != 1:
+            raise DefinitionError(f"{path} has types {types}")
+        return replace(cursor, steps=steps, element=path, type=types[0])
+
+    # --- expressions -------------------------------------------------------------------------
+
+    def compile(self, expression: str, start: Cursor, resource_type: str) -> list[Cursor]:
+        """Every path of a union expression that applies to `resource_type`, starting at `start`.
+
+        A part that names another resource type is left out; a part that names none (`name`,
+        `value.as(Quantity)`) is relative to `start`; `%resource.` restarts at the resource root.
+        """
+        found: list[Cursor] = []
+        for part in expression.split(" | "):
+            match = DECEASED.fullmatch(part.strip())
+            if match:
+                if match[1] == resource_type:
+                    root = Cursor((), resource_type, resource_type)
+                    found += [replace(c, exists_not_false=True) for c in _expand(self.child(root, match[2]))]
+                continue
+            segments = _segments(part)
+            head = segments[0].get("name", "")
+            cursor = start
+            if head == "%resource":
+                cursor, segments = Cursor((), resource_type, resource_type, from_resource=True), segments[1:]
+            elif head[:1].isupper():
+                if head != resource_type and head not in ROOT_TYPES:
+                    continue
+                cursor, segments = Cursor((), resource_type, resource_type), segments[1:]
+            found += self._walk(cursor, segments)
+        return found
+
+    def _walk(self, cursor: Cursor, segments: list[dict[str, str]]) -> list[Cursor]:
+        cursors = [cursor]
+        for seg in segments:
+            if "cast" in seg:
+                cursors = [_cast(c, seg["cast"]) for c in cursors]
+            elif "name" in seg:
+                cursors = [self.child(c, seg["name"]) for pending in cursors for c in _expand(pending)]
+                if seg.get("index") is not None:
+                    cursors = [_refine(c, index=int(seg["index"])) for c in cursors]
+            elif "resolves" in seg:
+                cursors = [_refine(c, resolves=seg["resolves"]) for c in cursors]
+            else:
+                cursors = [_refine(c, where={seg["field"]: seg["value"]}) for c in cursors]
+        return [c for pending in cursors for c in _expand(pending)]
+
+
+def _entries(path: Path) -> Iterator[dict[str, Any]]:
+    with gzip.open(path) as f:
+        bundle = orjson.loads(f.read())
+    for entry in bundle["entry"]:
+        yield entry["resource"]
+
+
+def _type_code(t: dict[str, Any]) -> str:
+    """The FHIR type name; `System.String` ids carry theirs in an extension."""
+    for ext in t.get("extension", ()):
+        if ext["url"] == FHIR_TYPE_EXT:
+            return str(ext["valueUrl"])
+    return str(t["code"])
+
+
+def _segments(part: str) -> list[dict[str, str]]:
+    text = part.strip()
+    text = CAST_IN_PARENS.sub(lambda m: f"{m['inner']}.as({m['type']})", text)
+    segments: list[dict[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        match = SEGMENT.match(text, pos)
+        if match is None or match.end() == pos:
+            raise DefinitionError(f"unsupported expression {part!r}")
+        segments.append({k: v for k, v in match.groupdict().items() if v is not None})
+        pos = match.end()
+    return segments
+
+
+def _expand(cursor: Cursor) -> Iterator[Cursor]:
+    """A pending choice element becomes one cursor per allowed type (`valueQuantity`, `valueString` ...)."""
+    if not cursor.choices:
+        yield cursor
+        return
+    for choice in cursor.choices:
+        yield _cast(cursor, choice)
+
+
+def _cast(cursor: Cursor, type_name: str) -> Cursor:
+    if not cursor.choices:
+        if cursor.type.lower() != type_name.lower():
+            raise DefinitionError(f"cannot cast {cursor.element} ({cursor.type}) to {type_name}")
+        return cursor
+    matching = [t for t in cursor.choices if t.lower() == type_name.lower()]
+    if not matching:
+        raise DefinitionError(f"{cursor.element} has no choice {type_name}")
+    chosen = matching[0]
+    last = cursor.steps[-1]
+    renamed = {**last, "name": last["name"] + chosen[0].upper() + chosen[1:]}
+    return replace(cursor, steps=(*cursor.steps[:-1], renamed), type=chosen, choices=())
+
+
+def _refine(cursor: Cursor, **condition: Any) -> Cursor:
+    if cursor.choices or not cursor.steps:
+        raise DefinitionError(f"cannot filter {cursor.element}")
+    return replace(cursor, steps=(*cursor.steps[:-1], {**cursor.steps[-1], **condition}))
+
+
+def _path_json(cursor: Cursor) -> dict[str, Any]:
+    """A compiled path: steps (a bare name, or an object with its filter) and the selected type."""
+    steps = [s["name"] if len(s) == 1 else s for s in cursor.steps]
+    out: dict[str, Any] = {"type": cursor.type, "steps": steps}
+    if cursor.from_resource:
+        out["fromResource"] = True
+    if cursor.exists_not_false:
+        out["existsNotFalse"] = True
+    return out
+
+
+def _unique(paths: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen = {orjson.dumps(p, option=orjson.OPT_SORT_KEYS): p for p in paths}
+    return [seen[k] for k in sorted(seen)]
+
+
+def _check(defs: Definitions, where: str, param_type: str, paths: list[Cursor]) -> list[Cursor]:
+    """Keep the paths whose type the parameter type can index; report the others."""
+    usable = [c for c in paths if _indexable(param_type, c)]
+    for c in paths:
+        if c not in usable:
+            defs.warnings.append(f"{where}: {param_type} cannot index {c.element} ({c.type}); left out")
+    return usable
+
+
+def _indexable(param_type: str, cursor: Cursor) -> bool:
+    return param_type == "special" or cursor.exists_not_false or cursor.type in INDEXABLE[param_type]
+
+
+# --- search parameters ------------------------------------------------------------------------
+
+
+def compile_search_parameters(defs: Definitions) -> dict[str, Any]:
+    by_url = {p["url"]: p for p in defs.search_parameters}
+    table: dict[str, dict[str, Any]] = {t: {} for t in defs.resource_types}
+    for param in defs.search_parameters:
+        if param["code"] in SKIPPED:
+            continue
+        for resource_type in _applies_to(defs, param):
+            compiled = _compile_param(defs, by_url, param, resource_type)
+            if compiled is not None:
+                table[resource_type][param["code"]] = compiled
+    return {"generated": defs.header(), "resourceTypes": defs.resource_types, "parameters": table}
+
+
+def _applies_to(defs: Definitions, param: dict[str, Any]) -> list[str]:
+    types: set[str] = set()
+    for base in param["base"]:
+        if base == "Resource":
+            types.update(defs.resource_types)
+        elif base == "DomainResource":
+            types.update(defs.domain_types)
+        else:
+            types.add(base)
+    return sorted(types)
+
+
+def _compile_param(
+    defs: Definitions, by_url: dict[str, dict[str, Any]], param: dict[str, Any], resource_type: str
+) -> dict[str, Any] | None:
+    where = f"{resource_type}.{param['code']}"
+    root = Cursor((), resource_type, resource_type)
+    nodes = defs.compile(param["expression"], root, resource_type)
+    if not nodes:
+        defs.warnings.append(f"{where}: no part of {param['expression']!r} applies; left out")
+        return None
+    out: dict[str, Any] = {"type": param["type"], "url": param["url"]}
+    if param["type"] == "composite":
+        if not 2 <= len(param["component"]) <= 3:  # what an index row holds (store/search/rows.py)
+            raise DefinitionError(f"{where} has {len(param['component'])} components")
+        components = [_component(defs, by_url, c, nodes, resource_type) for c in param["component"]]
+        out["components"] = _fix_swapped(defs, where, components)
+        out["paths"] = _unique([_path_json(c) for c in nodes])
+        return out
+    out["paths"] = _unique([_path_json(c) for c in _check(defs, where, param["type"], nodes)])
+    targets = sorted(t for t in param.get("target", ()) if t != "Any")
+    if targets:
+        out["targets"] = targets
+    return out if out["paths"] else None
+
+
+def _component(
+    defs: Definitions,
+    by_url: dict[str, dict[str, Any]],
+    component: dict[str, Any],
+    nodes: list[Cursor],
+    resource_type: str,
+) -> tuple[dict[str, Any], list[Cursor]]:
+    """The component's parameter (code, type) and its sub-paths, compiled from each composite node."""
+    definition = by_url[component["definition"]]
+    paths = [
+        c
+        for node in nodes
+        for c in defs.compile(component["expression"], replace(node, steps=()), resource_type)
+    ]
+    return {"code": definition["code"], "type": definition["type"]}, paths
+
+
+def _fix_swapped(
+    defs: Definitions, where: str, components: list[tuple[dict[str, Any], list[Cursor]]]
+) -> list[dict[str, Any]]:
+    """Components as JSON, repairing R4's DocumentReference `relationship`, whose two expressions are
+    each paired with the other's definition: when the types only fit crosswise, the expressions swap."""
+    if len(components) == 2:
+        (first, first_paths), (second, second_paths) = components
+        fits = all(_indexable(first["type"], c) for c in first_paths) and all(
+            _indexable(second["type"], c) for c in second_paths
+        )
+        crosswise = all(_indexable(first["type"], c) for c in second_paths) and all(
+            _indexable(second["type"], c) for c in first_paths
+        )
+        if not fits and crosswise:
+            defs.warnings.append(f"{where}: component expressions swapped to match their definitions")
+            components = [(first, second_paths), (second, first_paths)]
+    out = []
+    for index, (definition, paths) in enumerate(components):
+        usable = _check(defs, f"{where}${index + 1}", definition["type"], paths)
+        out.append({**definition, "paths": _unique([_path_json(c) for c in usable])})
+    return out
+
+
+# --- summary elements -------------------------------------------------------------------------
+
+
+def compile_summary_elements(defs: Definitions) -> dict[str, Any]:
+    """Per resource type: top-level elements marked isSummary, those with min >= 1, and which of
+    them are choice elements.
+
+    Choice elements appear as their prefix (`deceased` stands for the `deceased*` JSON keys whose
+    rest is a type name, `deceasedBoolean`, `deceasedDateTime`); `choices` lists those prefixes.
+    """
+    types: dict[str, dict[str, list[str]]] = {}
+    for resource_type in defs.resource_types:
+        names: dict[str, set[str]] = {"summary": set(), "mandatory": set(), "choices": set()}
+        prefix = resource_type + "."
+        for path, element in defs.elements.items():
+            if not path.startswith(prefix) or "." in path[len(prefix) :]:
+                continue
+            name = path[len(prefix) :].removesuffix("[x]")
+            if element.get("isSummary"):
+                names["summary"].add(name)
+            if element.get("min", 0) >= 1:
+                names["mandatory"].add(name)
+            if path.endswith("[x]"):
+                names["choices"].add(name)
+        types[resource_type] = {key: sorted(value) for key, value in names.items()}
+    return {"generated": defs.header(), "types": types}
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def write_json(path: Path, data: dict[str, Any], *, depth: int) -> int:
+    """Sorted JSON, objects laid out one key per line down to `depth` and compact below, so a diff
+    shows which parameter changed without the file growing by half in indentation."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = (_layout(data, depth, "") + "\n").encode()
+    path.write_bytes(body)
+    return len(body)
+
+
+def _layout(value: Any, depth: int, pad: str) -> str:
+    if depth == 0 or not isinstance(value, dict) or not value:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    inner = pad + "  "
+    items = [
+        f"{inner}{orjson.dumps(key).decode()}: {_layout(value[key], depth - 1, inner)}"
+        for key in sorted(value)
+    ]
+    return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=REPO.parent / "shared" / "fhir-r4",
+        help="folder with the R4 definitions (*.json.gz, version.info)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "fhir_gateway", help="package folder to write profiles/ into"
+    )
+    args = parser.parse_args(argv)
+    try:
+        defs = Definitions.load(args.source)
+        outputs = {  # file name -> (content, depth of the one-key-per-line layout)
+            "search-parameters.json": (compile_search_parameters(defs), 3),
+            "summary-elements.json": (compile_summary_elements(defs), 2),
+        }
+    except (OSError, KeyError, DefinitionError) as exc:
+        print(f"compile_definitions: {exc}", file=sys.stderr)
+        return 1
+    for warning in defs.warnings:
+        print(f"note: {warning}", file=sys.stderr)
+    for name, (data, depth) in outputs.items():
+        size = write_json(args.out / "profiles" / name, data, depth=depth)
+        print(f"wrote profiles/{name} ({size} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
