@@ -9,7 +9,7 @@ once. Reads go through `read`/`vread`/`history`/`search`, where the policy decis
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,10 +26,11 @@ from fhir_gateway.settings import Settings
 from fhir_gateway.store import searching
 from fhir_gateway.store.search.params import parse_search
 from fhir_gateway.store.search.query import where_clause
-from fhir_gateway.store.store import Store, StoredVersion, select_current
+from fhir_gateway.store.store import Store, StoredVersion, Transaction, select_current
 from fhir_gateway.transaction import METHOD_ORDER, EntryPlan, EntryProcessor, EntryResult
 
 HTTP_METHODS = frozenset(METHOD_ORDER)
+CommitHook = Callable[[Transaction, list[EntryResult]], Awaitable[None]]
 
 
 class Gateway:
@@ -40,24 +41,43 @@ class Gateway:
         self.types = resource_types()
 
     # ---- write path -----------------------------------------------------------------------------
-    async def submit(self, bundle: Resource, ctx: RequestContext, *, base: str = "") -> Resource:
+    async def submit(
+        self, bundle: Resource, ctx: RequestContext, *, base: str = "", within: CommitHook | None = None
+    ) -> Resource:
         """Apply a transaction or batch Bundle; answer with its transaction-/batch-response Bundle."""
-        results = await self.submit_entries(bundle, ctx)
+        results = await self.submit_entries(bundle, ctx, within=within)
         kind = "transaction-response" if bundle.get("type") == "transaction" else "batch-response"
         return {"resourceType": "Bundle", "type": kind, "entry": [r.to_entry(base) for r in results]}
 
     async def submit_entries(
-        self, bundle: Resource, ctx: RequestContext, *, single: bool = False
+        self,
+        bundle: Resource,
+        ctx: RequestContext,
+        *,
+        single: bool = False,
+        within: CommitHook | None = None,
     ) -> list[EntryResult]:
         """The entries' results in Bundle order. `single` marks a REST interaction wrapped in a Bundle,
-        so error expressions name the resource rather than a Bundle entry the client never sent."""
+        so error expressions name the resource rather than a Bundle entry the client never sent.
+
+        `within` (transactions only) runs inside the submit's database transaction after every entry
+        is applied, so an adapter can persist its own record (e.g. the HL7v2 message and its ACK for
+        idempotency) atomically with the resources: both commit, or neither does.
+        """
         plans = self._plan(bundle)
         if bundle.get("type") == "transaction":
-            return await self._transaction(bundle, plans, ctx, single)
+            return await self._transaction(bundle, plans, ctx, single, within)
+        if within is not None:
+            raise ValueError("a commit hook needs a transaction Bundle")
         return [await self._batch_entry(bundle, plan, ctx) for plan in plans]
 
     async def _transaction(
-        self, bundle: Resource, plans: list[EntryPlan], ctx: RequestContext, single: bool
+        self,
+        bundle: Resource,
+        plans: list[EntryPlan],
+        ctx: RequestContext,
+        single: bool,
+        within: CommitHook | None,
     ) -> list[EntryResult]:
         results: dict[int, EntryResult] = {}
         writes = [p for p in plans if p.method not in ("GET", "HEAD")]
@@ -72,6 +92,8 @@ class Gateway:
                     if not single:
                         exc.issues[0].expression = exc.issues[0].expression or [f"Bundle.entry[{plan.index}]"]
                     raise
+            if within is not None:
+                await within(tx, [results[p.index] for p in writes])
         for plan in plans:
             if plan.index not in results:
                 results[plan.index] = await self.get_entry(plan.target, ctx)

@@ -90,6 +90,24 @@ class SecuritySettings(_Section):
     jwks_url: str | None = None  # the IdP's key set; production tokens are verified against it
 
 
+class Hl7Settings(_Section):
+    """The HL7v2 receiver (MLLP listener and `POST /hl7v2`)."""
+
+    max_frame_bytes: int = Field(default=4 * 1024 * 1024, gt=0)  # larger MLLP frames are refused (AR)
+    idle_timeout_seconds: float = Field(default=300.0, gt=0)  # an MLLP connection silent this long is closed
+    tls_certfile: str | None = None  # PEM certificate; MLLP over TLS when set together with tls_keyfile
+    tls_keyfile: str | None = None
+
+
+class DicomSettings(_Section):
+    """The DICOM receivers (STOW-RS, C-STORE SCP) and the instance blob store."""
+
+    blob_path: str = "./data/dicom"  # where received instances are kept, content-addressed
+    dicomweb_base: str | None = (
+        None  # public DICOMweb base for ImagingStudy endpoints; null = from the request
+    )
+
+
 class Settings(_Section):
     """Everything the server and the CLI read from configuration; build it with `load_settings`."""
 
@@ -110,6 +128,8 @@ class Settings(_Section):
     run_migrations: bool = True
     log_level: str = "INFO"
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
 
     @field_validator("log_level")
     @classmethod

@@ -127,3 +127,41 @@ async def test_empty_pipeline_runs_nothing() -> None:
     change = Change("POST", "Patient", "1", {"resourceType": "Patient"}, None, {}, 0)
     await Pipeline().run(change, RequestContext())
     assert change.resource == {"resourceType": "Patient"}
+
+
+async def test_commit_hook_runs_inside_the_transaction(tmp_path: Path) -> None:
+    """An adapter's own record commits with the resources, or not at all."""
+    from sqlalchemy import text
+
+    from fhir_gateway.gateway import Gateway
+    from fhir_gateway.store.store import Store
+
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/h.db")
+    store = Store(settings.database_url)
+    await store.upgrade()
+    gateway = Gateway(settings, store)
+    seen: list[int] = []
+
+    async def record(tx: object, results: list[object]) -> None:
+        seen.append(len(results))
+        await tx.conn.execute(text("CREATE TABLE IF NOT EXISTS marks (n INTEGER)"))  # type: ignore[attr-defined]
+        await tx.conn.execute(text("INSERT INTO marks VALUES (1)"))  # type: ignore[attr-defined]
+
+    async def fail(tx: object, results: list[object]) -> None:
+        raise Unprocessable("the adapter could not record the message")
+
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}],
+    }
+    await gateway.submit(bundle, RequestContext(), within=record)
+    with pytest.raises(Unprocessable):
+        await gateway.submit(bundle, RequestContext(), within=fail)
+    with pytest.raises(ValueError):
+        await gateway.submit({**bundle, "type": "batch"}, RequestContext(), within=record)
+    async with store.transaction() as tx:
+        marks = (await tx.conn.execute(text("SELECT count(*) FROM marks"))).scalar_one()
+    _, total = await store.history(res_type="Patient", count=10)
+    await store.dispose()
+    assert seen == [1] and marks == 1 and total == 1  # the failed hook left no Patient behind

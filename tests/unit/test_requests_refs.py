@@ -62,3 +62,14 @@ def test_rewrite_references_everywhere_including_contained() -> None:
         "Practitioner/2",
         "Patient/abc",
     ]
+
+
+def test_stable_ids_match_across_channels_and_differ_across_authorities() -> None:
+    from fhir_gateway.fhir.ids import stable_id
+    from fhir_gateway.fhir.requests import check_id
+
+    v2 = stable_id("Patient", "HOSP", "12345")
+    dicom = stable_id("Patient", " hosp ", "12345 ")
+    assert v2 == dicom and check_id(v2) == v2
+    assert stable_id("Patient", "OTHER", "12345") != v2
+    assert stable_id("Encounter", "HOSP", "12345") != v2
