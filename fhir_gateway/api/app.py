@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-from fastapi import APIRouter, FastAPI, Request, Response
-from prometheus_client import Counter, Histogram
+from fastapi import APIRouter, FastAPI
 
 from fhir_gateway import __version__
 from fhir_gateway.api.health import build_health_router
+from fhir_gateway.api.metrics import MetricsMiddleware
 from fhir_gateway.api.rest import build_router
 from fhir_gateway.api.runtime import Runtime
-from fhir_gateway.logs import configure_logging, request_log
+from fhir_gateway.logs import configure_logging
 from fhir_gateway.settings import Settings, load_settings
-
-REQUESTS = Counter("fhir_gateway_http_requests", "HTTP requests answered", ["method", "route", "status"])
-LATENCY = Histogram("fhir_gateway_http_seconds", "HTTP request latency", ["method", "route"])
 
 
 def fhir_router(
@@ -40,18 +33,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_health_router(runtime))
     app.include_router(build_router(runtime, "/fhir"))
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route: Any = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        elapsed = time.perf_counter() - start
-        REQUESTS.labels(request.method, template, str(response.status_code)).inc()
-        LATENCY.labels(request.method, template).observe(elapsed)
-        request_log(
-            request.method, template, response.status_code, elapsed, request.headers.get("x-request-id")
-        )
-        return response
-
+    app.add_middleware(MetricsMiddleware)
     return app

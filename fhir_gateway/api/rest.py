@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from fhir_gateway.api.capability import capability_statement
 from fhir_gateway.api.negotiation import Prefer, check_format, read_json_body
-from fhir_gateway.api.responses import FhirResponse, FhirRoute, http_date
+from fhir_gateway.api.responses import FHIR_JSON, FhirResponse, FhirRoute, http_date
 from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.errors import BadRequest, information
 from fhir_gateway.fhir import elements as subsetting
@@ -27,7 +27,7 @@ RESULT_PARAMS = {"_format", "_pretty"}
 def build_router(runtime: Runtime, prefix: str) -> APIRouter:
     router = APIRouter(prefix=prefix, route_class=FhirRoute, lifespan=runtime.lifespan)
     settings = runtime.settings
-    capability_cache: dict[str, dict[str, Any]] = {}
+    capability_cache: dict[tuple[str, bool], bytes] = {}
 
     def base_of(request: Request) -> str:
         return (
@@ -58,10 +58,10 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
     @router.get("/metadata")
     async def metadata(request: Request) -> Response:
         pretty = check_format(request)
-        base = base_of(request)
-        if base not in capability_cache:
-            capability_cache[base] = capability_statement(base)
-        return FhirResponse(capability_cache[base], pretty=pretty)
+        key = (base_of(request), pretty)
+        if key not in capability_cache:  # serialised once per base: clients poll it often
+            capability_cache[key] = bytes(FhirResponse(capability_statement(key[0]), pretty=pretty).body)
+        return Response(capability_cache[key], media_type=FHIR_JSON)
 
     @router.post("")
     @router.post("/")
@@ -225,9 +225,12 @@ def read_response(request: Request, version: StoredVersion, pretty: bool) -> Res
     headers = version_headers(version)
     if request.headers.get("if-none-match") == headers["ETag"]:
         return Response(status_code=304, headers=headers)
-    resource = version.resource()
     summary = request.query_params.get("_summary")
     elements = request.query_params.get("_elements")
+    if not (summary or elements or pretty):
+        # The stored bytes are already the resource's JSON: answer them without a parse/serialise trip.
+        return Response(version.content, headers=headers, media_type=FHIR_JSON)
+    resource = version.resource()
     if summary and summary not in ("false", "count"):
         try:
             resource = subsetting.summary(resource, summary)

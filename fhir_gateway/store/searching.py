@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from fhir_gateway.fhir import elements as subsetting
 from fhir_gateway.fhir.json import Resource
+from fhir_gateway.store.database import Connection
 from fhir_gateway.store.schema import resources
 from fhir_gateway.store.search.params import ParsedSearch
 from fhir_gateway.store.search.query import include_step, order_by, where_clause
@@ -33,13 +34,10 @@ class Page:
 
 async def run(store: Store, parsed: ParsedSearch) -> Page:
     where = where_clause(parsed)
-    async with store.reader() as conn:
-        total: int | None = None
-        if parsed.total != "none" or parsed.summary == "count":
-            count_stmt = select(func.count()).select_from(resources).where(where)
-            total = int((await conn.execute(count_stmt)).scalar_one())
+    async with store.reader(offload=True) as conn:
         if parsed.summary == "count" or parsed.count == 0:
-            return Page([], total)
+            wanted = parsed.total != "none" or parsed.summary == "count"
+            return Page([], await _count(conn, where) if wanted else None)
         stmt = (
             select_current()
             .where(where)
@@ -48,6 +46,11 @@ async def run(store: Store, parsed: ParsedSearch) -> Page:
             .offset(parsed.offset)
         )
         matches = [current_from_row(r) for r in (await conn.execute(stmt)).all()]
+        total: int | None = None
+        if parsed.total != "none":
+            # A page that is not full, and is not past the end, already tells the total exactly.
+            last_page = len(matches) < parsed.count and (matches or parsed.offset == 0)
+            total = parsed.offset + len(matches) if last_page else await _count(conn, where)
         page = Page(matches, total)
         if matches and (parsed.includes or parsed.revincludes):
             seen = {v.pk for v in matches}
@@ -63,6 +66,10 @@ async def run(store: Store, parsed: ParsedSearch) -> Page:
                 page.includes.extend(new)
                 frontier = [v.pk for v in new if v.pk is not None]
         return page
+
+
+async def _count(conn: Connection, where: ColumnElement[bool]) -> int:
+    return int((await conn.execute(select(func.count()).select_from(resources).where(where))).scalar_one())
 
 
 def bundle(parsed: ParsedSearch, page: Page, base: str) -> Resource:

@@ -9,18 +9,17 @@ connections. Driver errors that mean "the database is not there" become `Service
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, insert, select, text, update
+from sqlalchemy import Select, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fhir_gateway.errors import Conflict, ServiceUnavailable
 from fhir_gateway.fhir.json import Resource, loads
-from fhir_gateway.store import engine as engines
+from fhir_gateway.store.database import Connection, Database, open_database
 from fhir_gateway.store.schema import INDEX_TABLES, resource_history, resources
 from fhir_gateway.store.search.rows import IndexRows
 
@@ -83,6 +82,25 @@ def select_current() -> Select[Any]:
     return select(*_CURRENT_COLUMNS)
 
 
+# The hot statements are built once, with bind parameters, so each call skips statement construction
+# and hits SQLAlchemy's compiled cache (construction alone cost more than the SQLite read).
+_BY_KEY = and_(resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i"))
+_READ_CURRENT = select_current().where(_BY_KEY)
+_LOCK_CURRENT = _READ_CURRENT.with_for_update()
+_READ_VERSION = select(resource_history).where(
+    and_(
+        resource_history.c.res_type == bindparam("t"),
+        resource_history.c.res_id == bindparam("i"),
+        resource_history.c.version_id == bindparam("v"),
+    )
+)
+_INSERT_CURRENT = insert(resources).returning(resources.c.pk)
+_UPDATE_CURRENT = update(resources).where(resources.c.pk == bindparam("key"))
+_INSERT_HISTORY = insert(resource_history)
+_CLEAR_INDEX = {name: delete(t).where(t.c.res_pk == bindparam("key")) for name, t in INDEX_TABLES.items()}
+_INSERT_INDEX = {name: insert(t) for name, t in INDEX_TABLES.items()}
+
+
 _UNAVAILABLE = (OperationalError, InterfaceError, OSError, ConnectionError)
 
 
@@ -106,14 +124,12 @@ async def _database_errors() -> AsyncIterator[None]:
 class Transaction:
     """The write side of one submit: reads see the transaction's own writes."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     async def current(self, res_type: str, res_id: str) -> StoredVersion | None:
-        stmt = select_current().where(and_(resources.c.res_type == res_type, resources.c.res_id == res_id))
-        if self.conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = (await self.conn.execute(stmt)).first()
+        stmt = _LOCK_CURRENT if self.conn.dialect.name == "postgresql" else _READ_CURRENT
+        row = (await self.conn.execute(stmt, {"t": res_type, "i": res_id})).first()
         return current_from_row(row) if row is not None else None
 
     async def select(self, stmt: Select[Any]) -> list[StoredVersion]:
@@ -135,31 +151,27 @@ class Transaction:
         }
         if previous is not None and previous.pk is not None:
             pk = previous.pk
-            await self.conn.execute(update(resources).where(resources.c.pk == pk).values(**values))
-            for table in INDEX_TABLES.values():
-                await self.conn.execute(delete(table).where(table.c.res_pk == pk))
+            await self.conn.execute(_UPDATE_CURRENT, {"key": pk, **values})
+            for clear in _CLEAR_INDEX.values():
+                await self.conn.execute(clear, {"key": pk})
         else:
             result = await self.conn.execute(
-                insert(resources)
-                .values(res_type=version.res_type, res_id=version.res_id, **values)
-                .returning(resources.c.pk)
+                _INSERT_CURRENT, {"res_type": version.res_type, "res_id": version.res_id, **values}
             )
             pk = result.scalar_one()
         await self.conn.execute(
-            insert(resource_history).values(
-                res_type=version.res_type, res_id=version.res_id, method=version.method, **values
-            )
+            _INSERT_HISTORY,
+            {"res_type": version.res_type, "res_id": version.res_id, "method": version.method, **values},
         )
         if rows is not None and not version.deleted:
             await self._insert_rows(pk, version.res_type, rows)
 
     async def _insert_rows(self, pk: int, res_type: str, rows: IndexRows) -> None:
-        for attr, table in INDEX_TABLES.items():
+        for attr, statement in _INSERT_INDEX.items():
             batch: list[Any] = getattr(rows, attr)
             if batch:
                 await self.conn.execute(
-                    insert(table),
-                    [{"res_pk": pk, "res_type": res_type, **_row_dict(r)} for r in batch],
+                    statement, [{"res_pk": pk, "res_type": res_type, **_row_dict(r)} for r in batch]
                 )
 
 
@@ -172,55 +184,50 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = engines.create_engine(url)
-        self.sqlite = engines.is_sqlite(url)
+        self.database: Database = open_database(url)
+        self.sqlite = self.database.dialect_name == "sqlite"
         # SQLite has one writer; serialising writers in-process avoids busy-waiting on the file lock.
         self._write_lock = asyncio.Lock() if self.sqlite else None
 
     async def upgrade(self) -> None:
         async with _database_errors():
-            await engines.upgrade(self.engine)
+            await self.database.upgrade()
 
     async def ping(self) -> bool:
         try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await self.database.ping()
             return True
         except (*_UNAVAILABLE, DBAPIError):
             return False
 
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        await self.database.dispose()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """One database transaction: committed when the block ends, rolled back on any exception."""
         async with _database_errors():
             if self._write_lock is None:
-                async with self.engine.begin() as conn:
+                async with self.database.begin() as conn:
                     yield Transaction(conn)
             else:
-                async with self._write_lock, self.engine.begin() as conn:
+                async with self._write_lock, self.database.begin() as conn:
                     yield Transaction(conn)
 
     @asynccontextmanager
-    async def reader(self) -> AsyncIterator[AsyncConnection]:
-        async with _database_errors(), self.engine.connect() as conn:
+    async def reader(self, *, offload: bool = False) -> AsyncIterator[Connection]:
+        """A read-only connection; `offload` for queries that may take long (searches, history)."""
+        async with _database_errors(), self.database.connect(offload=offload) as conn:
             yield conn
 
     async def read(self, res_type: str, res_id: str) -> StoredVersion | None:
-        stmt = select_current().where(and_(resources.c.res_type == res_type, resources.c.res_id == res_id))
         async with self.reader() as conn:
-            row = (await conn.execute(stmt)).first()
+            row = (await conn.execute(_READ_CURRENT, {"t": res_type, "i": res_id})).first()
         return current_from_row(row) if row is not None else None
 
     async def vread(self, res_type: str, res_id: str, version_id: int) -> StoredVersion | None:
-        h = resource_history.c
-        stmt = select(resource_history).where(
-            and_(h.res_type == res_type, h.res_id == res_id, h.version_id == version_id)
-        )
         async with self.reader() as conn:
-            row = (await conn.execute(stmt)).first()
+            row = (await conn.execute(_READ_VERSION, {"t": res_type, "i": res_id, "v": version_id})).first()
         return _history_from_row(row) if row is not None else None
 
     async def history(
@@ -252,24 +259,7 @@ class Store:
             .limit(count)
             .offset(offset)
         )
-        async with self.reader() as conn:
+        async with self.reader(offload=True) as conn:
             total = await conn.execute(select(func.count()).select_from(resource_history).where(where))
             rows = (await conn.execute(page)).all()
             return [_history_from_row(r) for r in rows], int(total.scalar_one())
-
-    async def fetch(self, stmt: Select[Any]) -> list[StoredVersion]:
-        async with self.reader() as conn:
-            return [current_from_row(r) for r in (await conn.execute(stmt)).all()]
-
-    async def scalar(self, stmt: Select[Any]) -> Any:
-        async with self.reader() as conn:
-            return (await conn.execute(stmt)).scalar_one()
-
-
-def by_pks(pks: Iterable[int]) -> Select[Any]:
-    return select_current().where(resources.c.pk.in_(list(pks)))
-
-
-def chunked(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

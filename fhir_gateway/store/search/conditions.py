@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, not_, or_
+from sqlalchemy import Boolean, ColumnElement, and_, func, literal, not_, or_, true
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from fhir_gateway.store.search.values import DateValue, NumberValue, QuantityValue, ReferenceValue, TokenValue
 
@@ -128,7 +131,36 @@ def string(col: Column, modifier: str | None, text: str) -> ColumnElement[bool]:
         return col.contains(text, autoescape=True)
     if modifier == "exact":
         return col == text
-    return col.startswith(text, autoescape=True)
+    return and_(PrefixRange(col, text), col.startswith(text, autoescape=True))
+
+
+class PrefixRange(ColumnElement[bool]):
+    """`col >= text AND col < text || U+10FFFF`: the index-usable half of a starts-with match.
+
+    SQLite cannot use an index for LIKE (it is case-insensitive there), but it can for a range under
+    its binary collation, which turns a prefix search from a scan of every value of the parameter
+    into an index seek. The range is only emitted for SQLite: under PostgreSQL's locale collations a
+    code point range is not a prefix range, so there it compiles to TRUE and LIKE alone decides.
+    """
+
+    inherit_cache = True
+    type = Boolean()
+    # The range is built here as ordinary clauses, so the statement cache key and the bound values
+    # come from it like from any other condition.
+    _traverse_internals = [("range", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, col: Column, text: str) -> None:
+        self.range = and_(col >= text, col < text + "\U0010ffff")
+
+
+@compiles(PrefixRange)
+def _prefix_range_default(element: PrefixRange, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(true(), **kw)
+
+
+@compiles(PrefixRange, "sqlite")
+def _prefix_range_sqlite(element: PrefixRange, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.range, **kw)
 
 
 def uri(col: Column, modifier: str | None, text: str) -> ColumnElement[bool]:

@@ -73,17 +73,34 @@ def _everything(_res: FromClause) -> ColumnElement[bool]:
 
 
 def where_clause(parsed: ParsedSearch, *, visible: Visible = _everything) -> ColumnElement[bool]:
-    """Current, non-deleted, visible resources of the searched type that satisfy every criterion."""
+    """Current, non-deleted, visible resources of the searched type that satisfy every criterion.
+
+    When a criterion already limits the rows to index rows of this type (`pk IN (...)`), the type
+    test is left out: it adds nothing, and without it the planner drives the query from that index
+    instead of scanning every resource of the type.
+    """
+    narrowed = any(_by_index(c) for c in parsed.filters)
     return and_(
-        resources.c.res_type == parsed.resource_type,
+        true() if narrowed else resources.c.res_type == parsed.resource_type,
         resources.c.deleted.is_(False),
         visible(resources),
-        *(criterion(c, resources, visible) for c in parsed.filters),
+        *(criterion(c, resources, visible, res_type=parsed.resource_type) for c in parsed.filters),
     )
 
 
-def criterion(crit: Criterion, res: FromClause, visible: Visible = _everything) -> ColumnElement[bool]:
-    """One criterion about the resource row `res` (the searched table, or a chain/_has alias)."""
+def _by_index(crit: Criterion) -> bool:
+    return isinstance(crit, Match) and crit.code not in ("_id", "_lastUpdated") and crit.modifier != "not"
+
+
+def criterion(
+    crit: Criterion, res: FromClause, visible: Visible = _everything, *, res_type: str | None = None
+) -> ColumnElement[bool]:
+    """One criterion about the resource row `res` (the searched table, or a chain/_has alias).
+
+    With `res_type` known, a value match becomes `pk IN (index rows of that type and parameter)`,
+    which the (res_type, param, value) lookup index answers directly; a correlated EXISTS would be
+    evaluated once per resource of the type, i.e. a scan of the whole type per search.
+    """
     match crit:
         case Missing():
             return _missing(crit, res)
@@ -102,11 +119,13 @@ def criterion(crit: Criterion, res: FromClause, visible: Visible = _everything) 
         case _:
             table = TABLES[crit.type].alias()
             param = f"{crit.code}:of-type" if crit.modifier == "of-type" else crit.code
-            found = exists().where(
-                table.c.res_pk == res.c.pk,
-                table.c.param == param,
-                or_(*(_value(table, crit.modifier, val) for val in crit.values)),
-            )
+            matches = or_(*(_value(table, crit.modifier, val) for val in crit.values))
+            if res_type is not None:
+                pks = select(table.c.res_pk).where(
+                    table.c.res_type == res_type, table.c.param == param, matches
+                )
+                return res.c.pk.not_in(pks) if crit.modifier == "not" else res.c.pk.in_(pks)
+            found = exists().where(table.c.res_pk == res.c.pk, table.c.param == param, matches)
             return not_(found) if crit.modifier == "not" else found
 
 
@@ -135,7 +154,7 @@ def _chain_step(
             ref.c.target_type == target_type,
             target.c.deleted.is_(False),
             visible(target),
-            criterion(inner, target, visible),
+            criterion(inner, target, visible, res_type=target_type),
         )
         .exists()
     )
@@ -157,7 +176,7 @@ def _has(crit: Has, res: FromClause, visible: Visible) -> ColumnElement[bool]:
             ref.c.target_type == res.c.res_type,
             ref.c.target_id == res.c.res_id,
             visible(source),
-            criterion(crit.inner, source, visible),
+            criterion(crit.inner, source, visible, res_type=crit.source_type),
         )
         .exists()
     )

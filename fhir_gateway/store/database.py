@@ -1,0 +1,194 @@
+"""The two ways the store talks to its database, behind one small async interface.
+
+PostgreSQL goes through SQLAlchemy's async engine (asyncpg): network round trips are what an event
+loop is for. SQLite does not: it is a library call into a local file, typically 10-50 µs for a read
+by key. aiosqlite runs every statement on a helper thread and costs two thread hand-offs per
+statement (≈100-200 µs each under load), which made a one-row read ten times dearer than the query
+itself. So the embedded SQLite backend runs statements inline on the event loop, through a plain
+SQLAlchemy engine on the stdlib driver, and sends only potentially long statements (searches,
+history pages) to a worker thread, where a slow query cannot stall the other requests.
+
+Both backends hand out `Connection` objects with one async method, `execute`, returning a buffered
+SQLAlchemy `Result`, so the store, the search runner and adapters (commit hooks) are dialect-blind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection as SyncConnection
+from sqlalchemy.engine import Dialect, Engine, Result, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.base import Executable
+
+from fhir_gateway.store import engine as engines
+
+OFFLOAD_THREADS = 4  # concurrent long reads on SQLite; more would only queue on the one file
+
+
+class Connection(Protocol):
+    """What the store needs from a database connection (an AsyncConnection satisfies it)."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]: ...
+
+
+class Database(Protocol):
+    dialect_name: str
+
+    def begin(self) -> Any: ...  # async context manager yielding a Connection inside a transaction
+
+    def connect(self, *, offload: bool = False) -> Any: ...  # async context manager, read-only use
+
+    async def upgrade(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def dispose(self) -> None: ...
+
+
+def open_database(url: str) -> Database:
+    if engines.is_sqlite(url):
+        return SqliteDatabase(url)
+    return AsyncDatabase(engines.create_engine(url))
+
+
+class AsyncDatabase:
+    """PostgreSQL (or any async driver): SQLAlchemy's AsyncEngine as it comes."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect_name = engine.dialect.name
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def connect(self, *, offload: bool = False) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def upgrade(self) -> None:
+        await engines.upgrade(self.engine)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+class InlineConnection:
+    """A synchronous SQLite connection used from the event loop (see the module docstring).
+
+    With `offload`, statements run on a worker thread and their rows are buffered there, so no
+    cursor is touched from two threads; only the read paths that may be slow ask for it.
+    """
+
+    __slots__ = ("_conn", "_offload")
+
+    def __init__(self, conn: SyncConnection, offload: bool) -> None:
+        self._conn = conn
+        self._offload = offload
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._conn.dialect
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        if self._offload:
+            return await asyncio.to_thread(self._buffered, statement, parameters)
+        return self._conn.execute(statement, parameters)
+
+    def _buffered(self, statement: Executable, parameters: Any) -> Result[Any]:
+        return self._conn.execute(statement, parameters).freeze()()
+
+
+class SqliteDatabase:
+    """The embedded default: the stdlib sqlite3 driver in WAL mode, statements inline."""
+
+    dialect_name = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url).set(drivername="sqlite+pysqlite")
+        engines.ensure_sqlite_directory(parsed.database)
+        # Checking a connection out must never block the event loop: offloaded reads are limited by
+        # a semaphore *before* checkout, inline work holds a connection only while it runs, and the
+        # pool may grow past its size rather than wait (max_overflow=-1).
+        self._offload_slots = asyncio.Semaphore(OFFLOAD_THREADS)
+        self.engine: Engine = create_sync_engine(
+            parsed,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=OFFLOAD_THREADS + 2,
+            max_overflow=-1,
+        )
+        event.listen(self.engine, "connect", _configure_connection)
+        event.listen(self.engine, "begin", _begin)
+        # One long-lived connection each for inline reads (autocommit: every statement sees the latest
+        # commit) and for writes (writers are serialised by the store): a pool checkout plus
+        # BEGIN/ROLLBACK cost more than the read itself.
+        self._reader: SyncConnection | None = None
+        self._writer: SyncConnection | None = None
+
+    def _writing(self) -> SyncConnection:
+        # BEGIN IMMEDIATE takes the write lock up front, so a CLI process writing beside the server
+        # waits (busy_timeout) instead of failing half-way with "database is locked".
+        if self._writer is None or self._writer.closed:
+            self._writer = self.engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        return self._writer
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[InlineConnection]:
+        conn = self._writing()
+        with conn.begin():
+            yield InlineConnection(conn, offload=False)
+
+    @asynccontextmanager
+    async def connect(self, *, offload: bool = False) -> AsyncIterator[InlineConnection]:
+        if not offload:
+            if self._reader is None or self._reader.closed:
+                self._reader = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            yield InlineConnection(self._reader, offload=False)
+            return
+        async with self._offload_slots:
+            with self.engine.connect() as conn:
+                yield InlineConnection(conn, offload=True)
+
+    async def upgrade(self) -> None:
+        conn = self._writing()
+        with conn.begin():
+            engines.upgrade_sync(conn)
+
+    async def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                conn.close()
+        self._reader = self._writer = None
+        self.engine.dispose()
+
+
+def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin (SQLAlchemy's
+    # documented recipe for pysqlite), then the pragmas every connection needs.
+    dbapi_connection.isolation_level = None
+    engines.sqlite_pragmas(dbapi_connection, _record)
+
+
+def _begin(conn: SyncConnection) -> None:
+    options = conn.get_execution_options()
+    if options.get("isolation_level") != "AUTOCOMMIT":
+        conn.exec_driver_sql(options.get("sqlite_begin", "BEGIN"))
