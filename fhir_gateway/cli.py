@@ -153,6 +153,21 @@ def ingest(
     raise typer.Exit(1 if failures else 0)
 
 
+@app.command()
+def validate(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="FHIR JSON files or folders (StructureDefinitions among them are used as profiles)"
+        ),
+    ],
+) -> None:
+    """Validate FHIR R4 JSON resources offline; exits 1 when any has an error."""
+    from fhir_gateway.validation.cli import validate_files
+
+    raise typer.Exit(validate_files(paths))
+
+
 def run_or_exit(coro: Any) -> Any:
     from fhir_gateway.errors import GatewayError
 

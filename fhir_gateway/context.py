@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fhir_gateway.privacy.access import AccessPolicy
 
 
 @dataclass(slots=True)
@@ -27,6 +30,9 @@ class RequestContext:
     source_system: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     claims: dict[str, Any] = field(default_factory=dict)
+    # The request's compiled access policy (privacy/grants.policy_for): one per request, so its
+    # decisions are cached for exactly as long as the request lives.
+    policy: AccessPolicy | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def system(cls, source: str, source_system: str | None = None) -> RequestContext:

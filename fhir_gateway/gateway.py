@@ -22,14 +22,24 @@ from fhir_gateway.fhir.dates import date_range, format_instant
 from fhir_gateway.fhir.json import Resource
 from fhir_gateway.fhir.requests import RequestTarget, parse_target
 from fhir_gateway.pipeline.stage import Pipeline
+from fhir_gateway.privacy.access import AccessPolicy, Interaction
+from fhir_gateway.privacy.compartment import compartment_rows
+from fhir_gateway.privacy.grants import policy_for
 from fhir_gateway.settings import Settings
 from fhir_gateway.store import searching
+from fhir_gateway.store.search.extract import extract
 from fhir_gateway.store.search.params import parse_search
 from fhir_gateway.store.search.query import where_clause
 from fhir_gateway.store.store import Store, StoredVersion, Transaction, select_current
 from fhir_gateway.transaction import METHOD_ORDER, EntryPlan, EntryProcessor, EntryResult
 
 HTTP_METHODS = frozenset(METHOD_ORDER)
+WRITE_INTERACTIONS: dict[str, Interaction] = {
+    "POST": "create",
+    "PUT": "update",
+    "PATCH": "update",
+    "DELETE": "delete",
+}
 CommitHook = Callable[[Transaction, list[EntryResult]], Awaitable[None]]
 
 
@@ -81,6 +91,9 @@ class Gateway:
     ) -> list[EntryResult]:
         results: dict[int, EntryResult] = {}
         writes = [p for p in plans if p.method not in ("GET", "HEAD")]
+        policy = self.policy(ctx)
+        for plan in writes:
+            self._authorize_write(policy, plan, None if single else plan.index)
         async with self.store.transaction() as tx:
             processor = EntryProcessor(self, tx, ctx, bundle, single=single)
             await processor.assign_ids(writes)
@@ -104,6 +117,7 @@ class Gateway:
         try:
             if plan.method in ("GET", "HEAD"):
                 return await self.get_entry(plan.target, ctx)
+            self._authorize_write(self.policy(ctx), plan, plan.index)
             async with self.store.transaction() as tx:
                 processor = EntryProcessor(self, tx, ctx, bundle)
                 await processor.assign_ids([plan])
@@ -111,6 +125,16 @@ class Gateway:
                 return await processor.apply(plan)
         except GatewayError as exc:
             return EntryResult(exc.status, outcome=exc.outcome())
+
+    @staticmethod
+    def _authorize_write(policy: AccessPolicy, plan: EntryPlan, index: int | None) -> None:
+        res_type = plan.target.res_type or "Bundle"
+        try:
+            policy.require(res_type, WRITE_INTERACTIONS[plan.method])
+        except GatewayError as exc:
+            if index is not None:
+                exc.issues[0].expression = [f"Bundle.entry[{index}].request"]
+            raise
 
     def _plan(self, bundle: Any) -> list[EntryPlan]:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -188,31 +212,58 @@ class Gateway:
         return body
 
     def conditional_query(
-        self, res_type: str, query: str | Sequence[tuple[str, str]], where: str
+        self, res_type: str, query: str | Sequence[tuple[str, str]], where: str, ctx: RequestContext
     ) -> Select[Any]:
-        """The current resources a conditional create/update/delete/reference selects (at most 2)."""
+        """The current resources a conditional create/update/delete/reference selects (at most 2).
+
+        Only resources the caller may see can match: a hidden match must not change the answer
+        (no existence oracle), so for this caller it does not exist.
+        """
         raw = parse_qsl(query, keep_blank_values=True) if isinstance(query, str) else list(query)
         if not raw:
             raise BadRequest("A conditional request needs search parameters", expression=where)
         parsed = parse_search(res_type, raw, strict=True, default_count=2, max_count=2)
-        return select_current().where(where_clause(parsed)).limit(2)
+        visible = self.policy(ctx).visible
+        return select_current().where(where_clause(parsed, visible=visible)).limit(2)
 
     # ---- read path ------------------------------------------------------------------------------
+    def policy(self, ctx: RequestContext) -> AccessPolicy:
+        return policy_for(ctx, self.settings)
+
     async def read(self, res_type: str, res_id: str, ctx: RequestContext) -> StoredVersion:
-        version = await self.store.read(res_type, res_id)
-        if version is None:
-            raise NotFound("Resource not found", expression=res_type)
-        if version.deleted:
-            raise Gone("Resource was deleted", expression=res_type)
-        return version
+        policy = self.policy(ctx)
+        policy.require(res_type, "read")
+        return self._check_visible(policy, await self.store.read(res_type, res_id), res_type, "Resource")
 
     async def vread(self, res_type: str, res_id: str, version_id: int, ctx: RequestContext) -> StoredVersion:
+        policy = self.policy(ctx)
+        policy.require(res_type, "read")
         version = await self.store.vread(res_type, res_id, version_id)
-        if version is None:
-            raise NotFound("Version not found", expression=res_type)
+        return self._check_visible(policy, version, res_type, "Version")
+
+    def _check_visible(
+        self, policy: AccessPolicy, version: StoredVersion | None, res_type: str, what: str
+    ) -> StoredVersion:
+        """404 for what is missing *or hidden* (the same answer, so no existence oracle); 410 after a
+        delete only for callers who could have seen the resource anyway."""
+        if version is not None and not version.deleted and not self._permitted(policy, version):
+            version = None
+        if version is None or (version.deleted and policy.restricted):
+            raise NotFound(f"{what} not found", expression=res_type)
         if version.deleted:
-            raise Gone("This version is a deletion", expression=res_type)
+            raise Gone(
+                "Resource was deleted" if what == "Resource" else "This version is a deletion",
+                expression=res_type,
+            )
         return version
+
+    @staticmethod
+    def _permitted(policy: AccessPolicy, version: StoredVersion) -> bool:
+        if not policy.restricted:
+            return True
+        rows = extract(version.resource())
+        rows.references.extend(compartment_rows(version.res_type, version.res_id, rows))
+        return policy.decide(version.res_type, version.res_id, version.version_id, rows).permitted
 
     async def get_entry(self, target: RequestTarget, ctx: RequestContext, *, base: str = "") -> EntryResult:
         """A GET inside a batch/transaction, through the same read path as REST."""
@@ -251,14 +302,34 @@ class Gateway:
         since = _instant_param(params, "_since")
         # Pin the page set to "now" so next links stay stable while writes continue.
         before = float(params["_before"]) if _is_float(params.get("_before")) else time.time()
-        if res_id is not None and res_type is not None and await self.store.read(res_type, res_id) is None:
-            raise NotFound("Resource not found", expression=res_type)
+        policy = self.policy(ctx)
+        if res_type is not None:
+            policy.require(res_type, "read" if res_id is not None else "search")
+        if res_id is not None and res_type is not None:
+            current = await self.store.read(res_type, res_id)
+            if current is not None and (current.deleted or self._permitted(policy, current)):
+                current = None if current.deleted and policy.restricted else current
+            else:
+                current = None
+            if current is None:
+                raise NotFound("Resource not found", expression=res_type)
+        # A resource's history is visible when the resource is (its current version decides, in
+        # SQL, so totals and pages only count what the caller may see); a past version that carried
+        # a label the caller is not cleared for is listed without its content.
         versions, total = await self.store.history(
-            res_type=res_type, res_id=res_id, since=since, at_or_before=before, count=count, offset=offset
+            res_type=res_type,
+            res_id=res_id,
+            since=since,
+            at_or_before=before,
+            count=count,
+            offset=offset,
+            visible=policy.visible if policy.restricted else None,
         )
         path = "/".join(p for p in (res_type, res_id) if p) + ("/_history" if res_type else "_history")
         keep = [(k, v) for k, v in query if k == "_since"] + [("_before", repr(before))]
-        entries = [_history_entry(v, base) for v in versions]
+        entries = [
+            _history_entry(v, base, with_content=v.deleted or self._permitted(policy, v)) for v in versions
+        ]
         return {
             "resourceType": "Bundle",
             "type": "history",
@@ -284,14 +355,16 @@ class Gateway:
             default_count=self.settings.default_page_size,
             max_count=self.settings.max_page_size,
         )
-        page = await searching.run(self.store, parsed)
+        policy = self.policy(ctx)
+        policy.require(res_type, "search")
+        page = await searching.run(self.store, parsed, visible=policy.visible)
         return searching.bundle(parsed, page, base)
 
 
-def _history_entry(v: StoredVersion, base: str) -> Resource:
+def _history_entry(v: StoredVersion, base: str, *, with_content: bool) -> Resource:
     url = f"{v.res_type}/{v.res_id}"
     entry: dict[str, Any] = {"fullUrl": f"{base}/{url}"}
-    if not v.deleted:
+    if not v.deleted and with_content:
         entry["resource"] = v.resource()
     method = v.method or "PUT"
     entry["request"] = {"method": method, "url": url if method != "POST" else v.res_type}

@@ -88,6 +88,9 @@ class SecuritySettings(_Section):
     audience: str = "fhir-gateway"
     token_minutes: int = Field(default=60, gt=0)
     jwks_url: str | None = None  # the IdP's key set; production tokens are verified against it
+    # Development and tests only: a request without a token acts as an unrestricted administrator.
+    # Off by default, and production refuses it.
+    allow_anonymous: bool = False
 
 
 class Hl7Settings(_Section):
@@ -108,6 +111,22 @@ class DicomSettings(_Section):
     )
 
 
+ValidationMode = Literal["strict", "errors", "warn", "off"]
+
+
+class ValidationSettings(_Section):
+    """How the `validation` write stage treats issues: strict rejects on warnings too, errors rejects
+    on errors, warn only reports, off skips. Feeds (HL7v2, DICOM) are messier than REST clients,
+    so they get their own, more lenient mode by default."""
+
+    mode: ValidationMode = "errors"  # REST and bundle writes
+    feed_mode: ValidationMode = "warn"  # hl7v2 / dicom sources
+    invariants: bool = True  # evaluate the FHIRPath constraints
+
+
+DEFAULT_PIPELINE = ("fhir_gateway.validation.stage:validation_stage",)
+
+
 class Settings(_Section):
     """Everything the server and the CLI read from configuration; build it with `load_settings`."""
 
@@ -124,12 +143,13 @@ class Settings(_Section):
     max_page_size: int = Field(default=500, ge=1)
     search_handling: Literal["lenient", "strict"] = "lenient"
     # A tuple, not a list, so that frozen settings cannot be edited in place and stay hashable.
-    pipeline: tuple[str, ...] = ()
+    pipeline: tuple[str, ...] = DEFAULT_PIPELINE
     run_migrations: bool = True
     log_level: str = "INFO"
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
 
     @field_validator("log_level")
     @classmethod
@@ -155,6 +175,8 @@ class Settings(_Section):
             problems.append("production refuses the development signing key: set security.signing_key")
         if self.security.encryption_key.get_secret_value() == DEV_ENCRYPTION_KEY:
             problems.append("production refuses the development encryption key: set security.encryption_key")
+        if self.security.allow_anonymous:
+            problems.append("production refuses security.allow_anonymous: every request needs a token")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -24,6 +24,7 @@ from fhir_gateway.fhir.json import Resource, dumps, loads
 from fhir_gateway.fhir.references import iter_references, rewrite_references
 from fhir_gateway.fhir.requests import RequestTarget, check_id
 from fhir_gateway.pipeline.stage import Change
+from fhir_gateway.privacy.compartment import compartment_rows
 from fhir_gateway.store.search.extract import extract
 from fhir_gateway.store.store import StoredVersion, Transaction
 
@@ -164,7 +165,7 @@ class EntryProcessor:
     async def find(
         self, res_type: str, query: str | tuple[tuple[str, str], ...], where: str
     ) -> list[StoredVersion]:
-        return await self.tx.select(self.gw.conditional_query(res_type, query, where))
+        return await self.tx.select(self.gw.conditional_query(res_type, query, where, self.ctx))
 
     async def _conditional_update_id(self, plan: EntryPlan) -> str:
         t = plan.target
@@ -325,6 +326,7 @@ class EntryProcessor:
             meta["lastUpdated"] = format_instant(now)
             content = dumps(resource)
             rows = extract(resource)
+            rows.references.extend(compartment_rows(res_type, res_id, rows))
         version = StoredVersion(res_type, res_id, version_id, now, resource is None, content, method)
         await self.tx.write(version, previous=previous, rows=rows)
         return version

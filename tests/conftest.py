@@ -19,6 +19,8 @@ PG_URL = os.environ.get("TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
+    """Test settings; requests without a token act as an admin unless `security` is overridden."""
+    overrides.setdefault("security", {"allow_anonymous": True})
     return load_settings(None, environ={}, overrides={"database_url": database_url, **overrides})
 
 

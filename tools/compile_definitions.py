@@ -2,9 +2,11 @@
 
     python tools/compile_definitions.py [--source ../shared/fhir-r4] [--out fhir_gateway]
 
-Writes `profiles/search-parameters.json` and `profiles/summary-elements.json` under --out. The output
-is deterministic (sorted keys, sorted lists), so re-running it on the same source reproduces the
-committed files byte for byte; tests check that.
+Writes `profiles/search-parameters.json`, `profiles/summary-elements.json`, the validator's element
+tables `profiles/structures.json`, and the terminology it binds to, `terminology/valuesets.json` and
+`terminology/codesystems.json`, under --out. The output is deterministic (sorted keys, sorted
+lists), so re-running it on the same source reproduces the committed files byte for byte; tests
+check that.
 
 Search-parameter expressions are compiled here, once, into step programs that the write path runs
 without a FHIRPath engine (fhir_gateway/definitions/search_parameters.py documents the format). The
@@ -84,6 +86,7 @@ class Definitions:
     search_parameters: list[dict[str, Any]]
     build_id: str
     warnings: list[str] = field(default_factory=list)
+    structures: list[dict[str, Any]] = field(default_factory=list)  # every StructureDefinition, as read
 
     @classmethod
     def load(cls, source: Path) -> Definitions:
@@ -104,7 +107,7 @@ class Definitions:
         info = configparser.ConfigParser()
         info.read_string((source / "version.info").read_text())
         params = list(_entries(source / "search-parameters.json.gz"))
-        return cls(elements, concrete, domain, params, info["FHIR"]["buildId"])
+        return cls(elements, concrete, domain, params, info["FHIR"]["buildId"], structures=structures)
 
     def header(self) -> str:
         return f"by tools/compile_definitions.py from FHIR R4 4.0.1 (buildId {self.build_id}) — do not edit"
@@ -383,6 +386,297 @@ def compile_summary_elements(defs: Definitions) -> dict[str, Any]:
     return {"generated": defs.header(), "types": types}
 
 
+# --- validator element tables -------------------------------------------------------------------
+
+NATIVE_CONSTRAINTS = frozenset({"ele-1", "ext-1"})  # structural; the validator checks them natively
+REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
+SD_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
+QUANTITY_PROFILES = frozenset({"SimpleQuantity", "MoneyQuantity"})
+BOUND_STRENGTHS = ("required", "extensible", "preferred")
+
+
+def compile_structures(defs: Definitions) -> dict[str, Any]:
+    """Per StructureDefinition (every R4 resource and datatype): its kind, base, own root constraints,
+    the primitive regex, and one record per element path from the snapshot.
+
+    An element record holds `min`, `max` (as in FHIR: a number string or "*"), `types` (FHIR type
+    names; a choice element lists all of its types and its path ends in `[x]`), `targets` (resource
+    types a Reference may point to), `binding` ([strength, ValueSet url without version]),
+    `constraints` (ids into the shared `constraints` table), `ref` (a content reference, e.g.
+    `Questionnaire.item`), `fixed`/`pattern` ([type, value]) and `maxLength`. Constraints are stored
+    once each (`dom-2` appears on every resource) as [key, severity, expression, human]; ele-1 and
+    ext-1 are left to the validator's structural checks, which say the same thing faster.
+    """
+    constraints: dict[str, list[str]] = {}
+    seen: dict[tuple[str, str], str] = {}
+    types: dict[str, Any] = {}
+    for sd in sorted(defs.structures, key=lambda s: str(s["id"])):
+        elements: dict[str, dict[str, Any]] = {}
+        root: dict[str, Any] = {}
+        for element in sd["snapshot"]["element"]:
+            record = _element_record(element, constraints, seen)
+            if element["path"] == sd["type"]:
+                root = record
+            else:
+                elements[element["path"]] = record
+        entry: dict[str, Any] = {
+            "kind": sd["kind"],
+            "type": sd["type"],
+            "base": sd.get("baseDefinition", "").removeprefix(SD_PREFIX) or None,
+            "elements": elements,
+        }
+        if sd.get("abstract"):
+            entry["abstract"] = True
+        if root.get("constraints"):
+            entry["constraints"] = root["constraints"]
+        regex = _primitive_regex(sd)
+        if regex:
+            entry["regex"] = regex
+        types[sd["id"]] = entry
+    return {"generated": defs.header(), "constraints": constraints, "types": types}
+
+
+def _element_record(
+    element: dict[str, Any], constraints: dict[str, list[str]], seen: dict[tuple[str, str], str]
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"min": element.get("min", 0), "max": element.get("max", "*")}
+    if element.get("contentReference"):
+        record["ref"] = element["contentReference"].lstrip("#")
+    names: list[str] = []
+    targets: set[str] = set()
+    for t in element.get("type", ()):
+        code = _type_code(t)
+        profiles = [p.removeprefix(SD_PREFIX) for p in t.get("profile", ())]
+        names.append(next((p for p in profiles if p in QUANTITY_PROFILES), code))
+        targets.update(p.removeprefix(SD_PREFIX) for p in t.get("targetProfile", ()))
+    if names:
+        record["types"] = list(dict.fromkeys(names))
+    if targets and not targets & {"Resource", "Any"}:
+        record["targets"] = sorted(targets)
+    binding = element.get("binding", {})
+    if binding.get("valueSet") and binding.get("strength") in BOUND_STRENGTHS:
+        record["binding"] = [binding["strength"], binding["valueSet"].split("|")[0]]
+    ids = []
+    for c in element.get("constraint", ()):
+        if c["key"] in NATIVE_CONSTRAINTS or not c.get("expression"):
+            continue
+        ident = seen.get((c["key"], c["expression"]))
+        if ident is None:
+            ident = c["key"] if c["key"] not in constraints else f"{c['key']}#{len(seen)}"
+            seen[(c["key"], c["expression"])] = ident
+            constraints[ident] = [c["key"], c["severity"], c["expression"], c.get("human", "")]
+        ids.append(ident)
+    if ids:
+        record["constraints"] = list(dict.fromkeys(ids))
+    for key, value in element.items():
+        for kind in ("fixed", "pattern"):
+            if key.startswith(kind) and key[len(kind) :][:1].isupper():
+                record[kind] = [key[len(kind) :], value]
+    if element.get("maxLength"):
+        record["maxLength"] = element["maxLength"]
+    return record
+
+
+def _primitive_regex(sd: dict[str, Any]) -> str | None:
+    if sd["kind"] != "primitive-type":
+        return None
+    for element in sd["snapshot"]["element"]:
+        if element["path"] == f"{sd['type']}.value":
+            for t in element.get("type", ()):
+                for ext in t.get("extension", ()):
+                    if ext["url"] == REGEX_EXT:
+                        return str(ext["valueString"])
+    return None
+
+
+# --- terminology --------------------------------------------------------------------------------
+
+TERMINOLOGY_SOURCES = ("valuesets.json.gz", "v3-codesystems.json.gz", "v2-tables.json.gz")
+
+
+class Unexpandable(Exception):
+    """A value set whose members this build cannot list (e.g. it draws on SNOMED CT or LOINC)."""
+
+
+@dataclass
+class _CodeSystem:
+    url: str
+    content: str
+    case_sensitive: bool
+    concepts: dict[str, Any]  # code -> display, or [display, designation, ...]
+    parents: dict[str, set[str]]  # code -> direct parents
+    properties: dict[str, dict[str, str]]  # code -> property code -> value (as text)
+
+    @classmethod
+    def read(cls, resource: dict[str, Any]) -> _CodeSystem:
+        cs = cls(
+            resource["url"],
+            resource.get("content", "complete"),
+            bool(resource.get("caseSensitive")),
+            {},
+            {},
+            {},
+        )
+        cs._add(resource.get("concept", ()), None)
+        return cs
+
+    def _add(self, concepts: Any, parent: str | None) -> None:
+        for concept in concepts:
+            code = concept["code"]
+            display = concept.get("display", "")
+            others = sorted(
+                {d["value"] for d in concept.get("designation", ()) if d.get("value")} - {display}
+            )
+            self.concepts[code] = [display, *others] if others else display
+            parents = self.parents.setdefault(code, set())
+            if parent is not None:
+                parents.add(parent)
+            props = self.properties.setdefault(code, {})
+            for prop in concept.get("property", ()):
+                value = next((str(v) for k, v in prop.items() if k.startswith("value")), "")
+                props[prop["code"]] = value
+                if prop["code"] in ("subsumedBy", "parent"):
+                    parents.add(value)
+            self._add(concept.get("concept", ()), code)
+
+    def descendants(self, code: str) -> set[str]:
+        children: dict[str, set[str]] = {}
+        for child, parents in self.parents.items():
+            for parent in parents:
+                children.setdefault(parent, set()).add(child)
+        found: set[str] = set()
+        todo = [code]
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
+
+class _Expander:
+    """ValueSet expansion over the shipped code systems: enumerated codes, whole code systems, the
+    is-a / descendent-of / is-not-a / property = / code regex filters, imports and excludes."""
+
+    def __init__(self, code_systems: dict[str, _CodeSystem], value_sets: dict[str, dict[str, Any]]) -> None:
+        self.code_systems = code_systems
+        self.value_sets = value_sets
+        self.done: dict[str, set[tuple[str, str]]] = {}
+
+    def expand(self, url: str, stack: tuple[str, ...] = ()) -> set[tuple[str, str]]:
+        url = url.split("|")[0]
+        if url in self.done:
+            return self.done[url]
+        if url in stack:
+            raise Unexpandable(f"{url} includes itself")
+        vs = self.value_sets.get(url)
+        if vs is None:
+            raise Unexpandable(f"value set {url} is not in the R4 definitions")
+        compose = vs.get("compose")
+        if compose is None:
+            codes = {
+                (c["system"], c["code"]) for c in vs.get("expansion", {}).get("contains", ()) if "code" in c
+            }
+        else:
+            codes = set()
+            for include in compose.get("include", ()):
+                codes |= self._include(include, (*stack, url))
+            for exclude in compose.get("exclude", ()):
+                codes -= self._include(exclude, (*stack, url))
+        self.done[url] = codes
+        return codes
+
+    def _include(self, include: dict[str, Any], stack: tuple[str, ...]) -> set[tuple[str, str]]:
+        imported = [self.expand(v, stack) for v in include.get("valueSet", ())]
+        system = include.get("system")
+        if system is None:
+            return set.intersection(*imported) if imported else set()
+        if include.get("concept"):
+            codes = {c["code"] for c in include["concept"]}
+        else:
+            cs = self.code_systems.get(system)
+            if cs is None or cs.content != "complete":
+                raise Unexpandable(f"code system {system} is not shipped")
+            codes = set(cs.concepts)
+            for filt in include.get("filter", ()):
+                codes &= self._filter(cs, filt)
+        found = {(system, code) for code in codes}
+        for other in imported:
+            found &= other
+        return found
+
+    def _filter(self, cs: _CodeSystem, filt: dict[str, Any]) -> set[str]:
+        prop, op, value = filt["property"], filt["op"], filt["value"]
+        if prop == "concept" and op == "is-a":
+            return {value} | cs.descendants(value)
+        if prop == "concept" and op == "descendent-of":
+            return cs.descendants(value)
+        if prop == "concept" and op == "is-not-a":
+            return set(cs.concepts) - {value} - cs.descendants(value)
+        if prop == "code" and op == "regex":
+            return {c for c in cs.concepts if re.fullmatch(value, c)}
+        if op == "=":
+            return {c for c, props in cs.properties.items() if props.get(prop) == value}
+        raise Unexpandable(f"filter {prop} {op} is not supported")
+
+
+def compile_terminology(
+    defs: Definitions, source: Path, structures: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The value sets the base definitions bind (required, extensible, preferred), expanded to
+    {system: [codes]}, the ones that cannot be expanded with the reason why, and every shipped code
+    system's codes with their displays (for "unknown code" and display checks on any Coding)."""
+    code_systems: dict[str, _CodeSystem] = {}
+    value_sets: dict[str, dict[str, Any]] = {}
+    for name in TERMINOLOGY_SOURCES:
+        for resource in _entries(source / name):
+            if resource["resourceType"] == "CodeSystem" and resource.get("url"):
+                code_systems.setdefault(resource["url"], _CodeSystem.read(resource))
+            elif resource["resourceType"] == "ValueSet" and resource.get("url"):
+                value_sets.setdefault(resource["url"], resource)
+    bound = sorted(
+        {
+            element["binding"][1]
+            for entry in structures["types"].values()
+            for element in entry["elements"].values()
+            if "binding" in element
+        }
+    )
+    expander = _Expander(code_systems, value_sets)
+    expanded: dict[str, Any] = {}
+    not_expanded: dict[str, str] = {}
+    for url in bound:
+        try:
+            codes = expander.expand(url)
+        except Unexpandable as exc:
+            not_expanded[url] = str(exc)
+            continue
+        systems: dict[str, list[str]] = {}
+        for system, code in sorted(codes):
+            systems.setdefault(system, []).append(code)
+        vs = value_sets[url]
+        expanded[url] = {"name": vs.get("name", vs.get("id", "")), "codes": systems}
+    value_set_table = {
+        "generated": defs.header(),
+        "valueSets": expanded,
+        "notExpanded": not_expanded,
+    }
+    systems_table = {
+        url: {
+            "content": cs.content,
+            "caseSensitive": cs.case_sensitive,
+            "concepts": dict(sorted(cs.concepts.items())),
+        }
+        for url, cs in sorted(code_systems.items())
+    }
+    valueset_urls = sorted(value_sets)
+    return value_set_table, {
+        "generated": defs.header(),
+        "codeSystems": systems_table,
+        "valueSetUrls": valueset_urls,
+    }
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -424,6 +718,9 @@ def main(argv: list[str] | None = None) -> int:
             "search-parameters.json": (compile_search_parameters(defs), 3),
             "summary-elements.json": (compile_summary_elements(defs), 2),
         }
+        structures = compile_structures(defs)
+        outputs["structures.json"] = (structures, 3)
+        valuesets, codesystems = compile_terminology(defs, args.source, structures)
     except (OSError, KeyError, DefinitionError) as exc:
         print(f"compile_definitions: {exc}", file=sys.stderr)
         return 1
@@ -432,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, (data, depth) in outputs.items():
         size = write_json(args.out / "profiles" / name, data, depth=depth)
         print(f"wrote profiles/{name} ({size} bytes)")
+    for name, data in (("valuesets.json", valuesets), ("codesystems.json", codesystems)):
+        size = write_json(args.out / "terminology" / name, data, depth=2)
+        print(f"wrote terminology/{name} ({size} bytes)")
     return 0
 
 

@@ -11,6 +11,7 @@ from fhir_gateway.api.rest import build_router
 from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.logs import configure_logging
 from fhir_gateway.settings import Settings, load_settings
+from fhir_gateway.validation.api import build_validate_router
 
 
 def fhir_router(
@@ -19,9 +20,16 @@ def fhir_router(
     prefix: str = "/fhir",
     runtime: Runtime | None = None,
 ) -> APIRouter:
-    """The FHIR API as a router; its lifespan opens the store, so include it with `app.include_router`."""
+    """The FHIR API as a router; its lifespan opens the store, so include it with `app.include_router`.
+
+    Operation routers come before the REST interactions, so `/Patient/$validate` is an operation
+    and never read as the id of a Patient.
+    """
     runtime = runtime or Runtime(settings or load_settings())
-    return build_router(runtime, prefix)
+    router = APIRouter(lifespan=runtime.lifespan)
+    router.include_router(build_validate_router(runtime, prefix))
+    router.include_router(build_router(runtime, prefix))
+    return router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,7 +39,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="fhir_gateway", version=__version__)  # the FHIR router brings the lifespan
     app.state.runtime = runtime
     app.include_router(build_health_router(runtime))
-    app.include_router(build_router(runtime, "/fhir"))
-
+    app.include_router(fhir_router(runtime=runtime))
     app.add_middleware(MetricsMiddleware)
     return app

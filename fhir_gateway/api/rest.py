@@ -25,7 +25,7 @@ RESULT_PARAMS = {"_format", "_pretty"}
 
 
 def build_router(runtime: Runtime, prefix: str) -> APIRouter:
-    router = APIRouter(prefix=prefix, route_class=FhirRoute, lifespan=runtime.lifespan)
+    router = APIRouter(prefix=prefix, route_class=FhirRoute)
     settings = runtime.settings
     capability_cache: dict[tuple[str, bool], bytes] = {}
 

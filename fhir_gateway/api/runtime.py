@@ -69,8 +69,10 @@ class Runtime:
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("Use Authorization: Bearer <token>")
             ctx = context_from_token(self.settings, token.strip())
+        elif self.settings.security.allow_anonymous:
+            ctx = RequestContext(subject="anonymous", roles=("admin",), scopes=("system/*.*",))
         else:
-            ctx = RequestContext(source="rest")
+            raise Unauthorized("This server needs an access token: Authorization: Bearer <token>")
         if request_id:
             ctx.request_id = request_id[:64]
         return ctx

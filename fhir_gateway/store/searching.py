@@ -19,7 +19,7 @@ from fhir_gateway.fhir.json import Resource
 from fhir_gateway.store.database import Connection
 from fhir_gateway.store.schema import resources
 from fhir_gateway.store.search.params import ParsedSearch
-from fhir_gateway.store.search.query import include_step, order_by, where_clause
+from fhir_gateway.store.search.query import Visible, everything, include_step, order_by, where_clause
 from fhir_gateway.store.store import Store, StoredVersion, current_from_row, select_current
 
 MAX_INCLUDE_ROUNDS = 4
@@ -32,8 +32,9 @@ class Page:
     includes: list[StoredVersion] = field(default_factory=list)
 
 
-async def run(store: Store, parsed: ParsedSearch) -> Page:
-    where = where_clause(parsed)
+async def run(store: Store, parsed: ParsedSearch, *, visible: Visible = everything) -> Page:
+    """One page of matches (and its includes), counting and including only `visible` rows."""
+    where = where_clause(parsed, visible=visible)
     async with store.reader(offload=True) as conn:
         if parsed.summary == "count" or parsed.count == 0:
             wanted = parsed.total != "none" or parsed.summary == "count"
@@ -56,7 +57,7 @@ async def run(store: Store, parsed: ParsedSearch) -> Page:
             seen = {v.pk for v in matches}
             frontier = [v.pk for v in matches if v.pk is not None]
             for round_no in range(MAX_INCLUDE_ROUNDS):
-                stmt_inc = include_step(parsed, frontier, iterate_only=round_no > 0)
+                stmt_inc = include_step(parsed, frontier, iterate_only=round_no > 0, visible=visible)
                 if stmt_inc is None:
                     break
                 new = [current_from_row(r) for r in (await conn.execute(stmt_inc)).all() if r.pk not in seen]

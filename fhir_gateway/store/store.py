@@ -9,13 +9,14 @@ connections. Driver errors that mean "the database is not there" become `Service
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.sql import FromClause
 
 from fhir_gateway.errors import Conflict, ServiceUnavailable
 from fhir_gateway.fhir.json import Resource, loads
@@ -239,8 +240,13 @@ class Store:
         at_or_before: float | None = None,
         count: int,
         offset: int = 0,
+        visible: Callable[[FromClause], ColumnElement[bool]] | None = None,
     ) -> tuple[list[StoredVersion], int]:
-        """Versions newest first, one page of them, and how many there are in all."""
+        """Versions newest first, one page of them, and how many there are in all.
+
+        `visible` (the caller's access rule over the resources table) keeps only the history of
+        resources whose current version passes it.
+        """
         h = resource_history.c
         conditions = []
         if res_type is not None:
@@ -251,6 +257,11 @@ class Store:
             conditions.append(h.last_updated >= since)
         if at_or_before is not None:
             conditions.append(h.last_updated <= at_or_before)
+        if visible is not None:
+            cur = resources.alias()
+            conditions.append(
+                exists().where(cur.c.res_type == h.res_type, cur.c.res_id == h.res_id, visible(cur))
+            )
         where = and_(True, *conditions)
         page = (
             select(resource_history)

@@ -79,6 +79,10 @@ async def test_create_app_with_defaults_serves_on_embedded_sqlite(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             assert (await c.get("/fhir/metadata")).json()["resourceType"] == "CapabilityStatement"
-            created = await c.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR)
+            anonymous = await c.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=FHIR)
+            assert anonymous.status_code == 401  # secure by default: no token, no data
+            token = mint_token(app.state.runtime.settings, sub="u", roles=["admin"], scope="system/*.*")
+            auth = {**FHIR, "Authorization": f"Bearer {token}"}
+            created = await c.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=auth)
             assert created.status_code == 201
     assert any(tmp_path.rglob("*.db"))

@@ -155,11 +155,11 @@ async def test_commit_hook_runs_inside_the_transaction(tmp_path: Path) -> None:
         "type": "transaction",
         "entry": [{"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}],
     }
-    await gateway.submit(bundle, RequestContext(), within=record)
+    await gateway.submit(bundle, RequestContext.system("cli"), within=record)
     with pytest.raises(Unprocessable):
-        await gateway.submit(bundle, RequestContext(), within=fail)
+        await gateway.submit(bundle, RequestContext.system("cli"), within=fail)
     with pytest.raises(ValueError):
-        await gateway.submit({**bundle, "type": "batch"}, RequestContext(), within=record)
+        await gateway.submit({**bundle, "type": "batch"}, RequestContext.system("cli"), within=record)
     async with store.transaction() as tx:
         marks = (await tx.conn.execute(text("SELECT count(*) FROM marks"))).scalar_one()
     _, total = await store.history(res_type="Patient", count=10)

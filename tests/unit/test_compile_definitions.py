@@ -204,3 +204,148 @@ def test_compiler_refuses_unknown_expression_shapes() -> None:
     tool = _tool()
     with pytest.raises(tool.DefinitionError):
         tool._segments("Patient.name.first()")
+
+
+# --- validator tables (profiles/structures.json, terminology/*.json) ------------------------------
+
+TERMINOLOGY = REPO / "fhir_gateway" / "terminology"
+
+
+@needs_source
+def test_compiler_reproduces_the_validator_tables(tmp_path: Path) -> None:
+    assert _tool().main(["--source", str(SOURCE), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "profiles" / "structures.json").read_bytes() == (
+        PROFILES / "structures.json"
+    ).read_bytes()
+    for name in ("valuesets.json", "codesystems.json"):
+        assert (tmp_path / "terminology" / name).read_bytes() == (TERMINOLOGY / name).read_bytes(), name
+
+
+def test_structures_table() -> None:
+    table = orjson.loads((PROFILES / "structures.json").read_bytes())
+    assert table["generated"].startswith("by tools/compile_definitions.py from FHIR R4 4.0.1")
+    patient = table["types"]["Patient"]
+    assert patient["kind"] == "resource" and patient["base"] == "DomainResource"
+    assert patient["elements"]["Patient.gender"]["binding"] == [
+        "required",
+        "http://hl7.org/fhir/ValueSet/administrative-gender",
+    ]
+    assert patient["elements"]["Patient.deceased[x]"]["types"] == ["boolean", "dateTime"]
+    assert patient["elements"]["Patient.link.other"]["min"] == 1
+    assert patient["elements"]["Patient.managingOrganization"]["targets"] == ["Organization"]
+    assert table["constraints"]["pat-1"][0:2] == ["pat-1", "error"]
+    assert "ele-1" not in table["constraints"] and "ext-1" not in table["constraints"]  # checked natively
+    assert (
+        table["types"]["Questionnaire"]["elements"]["Questionnaire.item.item"]["ref"] == "Questionnaire.item"
+    )
+    assert table["types"]["date"]["regex"].startswith("([0-9]")
+    assert table["types"]["Observation"]["elements"]["Observation.referenceRange.low"]["types"] == [
+        "SimpleQuantity"
+    ]
+
+
+def test_terminology_tables() -> None:
+    valuesets = orjson.loads((TERMINOLOGY / "valuesets.json").read_bytes())
+    gender = valuesets["valueSets"]["http://hl7.org/fhir/ValueSet/administrative-gender"]
+    assert gender["codes"] == {
+        "http://hl7.org/fhir/administrative-gender": ["female", "male", "other", "unknown"]
+    }
+    assert "is not shipped" in valuesets["notExpanded"]["http://hl7.org/fhir/ValueSet/ucum-units"]
+    systems = orjson.loads((TERMINOLOGY / "codesystems.json").read_bytes())["codeSystems"]
+    assert systems["http://hl7.org/fhir/administrative-gender"]["concepts"]["male"] == "Male"
+
+
+def test_value_set_expansion_rules() -> None:
+    tool = _tool()
+    cs = tool._CodeSystem.read(
+        {
+            "url": "http://x/cs",
+            "content": "complete",
+            "caseSensitive": True,
+            "concept": [
+                {
+                    "code": "a",
+                    "display": "A",
+                    "concept": [{"code": "b", "property": [{"code": "k", "valueCode": "v"}]}],
+                },
+                {"code": "c", "property": [{"code": "subsumedBy", "valueCode": "b"}]},
+            ],
+        }
+    )
+    sets = {
+        "http://x/all": {"compose": {"include": [{"system": "http://x/cs"}]}},
+        "http://x/isa": {
+            "compose": {
+                "include": [
+                    {"system": "http://x/cs", "filter": [{"property": "concept", "op": "is-a", "value": "b"}]}
+                ]
+            }
+        },
+        "http://x/desc": {
+            "compose": {
+                "include": [
+                    {
+                        "system": "http://x/cs",
+                        "filter": [{"property": "concept", "op": "descendent-of", "value": "a"}],
+                    }
+                ]
+            }
+        },
+        "http://x/not": {
+            "compose": {
+                "include": [
+                    {
+                        "system": "http://x/cs",
+                        "filter": [{"property": "concept", "op": "is-not-a", "value": "b"}],
+                    }
+                ]
+            }
+        },
+        "http://x/prop": {
+            "compose": {
+                "include": [{"system": "http://x/cs", "filter": [{"property": "k", "op": "=", "value": "v"}]}]
+            }
+        },
+        "http://x/re": {
+            "compose": {
+                "include": [
+                    {
+                        "system": "http://x/cs",
+                        "filter": [{"property": "code", "op": "regex", "value": "[ab]"}],
+                    }
+                ]
+            }
+        },
+        "http://x/import": {
+            "compose": {
+                "include": [{"valueSet": ["http://x/all"]}],
+                "exclude": [{"system": "http://x/cs", "concept": [{"code": "a"}]}],
+            }
+        },
+        "http://x/loop": {"compose": {"include": [{"valueSet": ["http://x/loop"]}]}},
+        "http://x/sct": {"compose": {"include": [{"system": "http://snomed.info/sct"}]}},
+        "http://x/odd": {
+            "compose": {
+                "include": [
+                    {"system": "http://x/cs", "filter": [{"property": "concept", "op": "in", "value": "a"}]}
+                ]
+            }
+        },
+        "http://x/expanded": {"expansion": {"contains": [{"system": "http://x/cs", "code": "a"}]}},
+    }
+    expander = tool._Expander({"http://x/cs": cs}, sets)
+
+    def codes(url: str) -> list[str]:
+        return sorted(code for _, code in expander.expand(url))
+
+    assert codes("http://x/all") == ["a", "b", "c"]
+    assert codes("http://x/isa") == ["b", "c"]
+    assert codes("http://x/desc") == ["b", "c"]
+    assert codes("http://x/not") == ["a"]
+    assert codes("http://x/prop") == ["b"]
+    assert codes("http://x/re") == ["a", "b"]
+    assert codes("http://x/import") == ["b", "c"]
+    assert codes("http://x/expanded") == ["a"]
+    for url in ("http://x/loop", "http://x/sct", "http://x/odd", "http://x/missing"):
+        with pytest.raises(tool.Unexpandable):
+            expander.expand(url)

@@ -49,7 +49,11 @@ def test_no_file_and_no_environment_gives_the_model_defaults() -> None:
     assert (settings.environment, settings.host, settings.port) == ("development", "127.0.0.1", 8080)
     assert settings.database_url == "sqlite+aiosqlite:///./data/fhir-gateway.db"
     assert settings.mllp_port is None and settings.dicom_port is None and settings.dicom_ae_title == "FHIRGW"
-    assert settings.pipeline == () and settings.run_migrations and settings.search_handling == "lenient"
+    assert (
+        settings.pipeline == ("fhir_gateway.validation.stage:validation_stage",)
+        and settings.run_migrations
+        and settings.search_handling == "lenient"
+    )
     assert settings.security.signing_key.get_secret_value() == DEV_SIGNING_KEY
     assert settings.security.encryption_key.get_secret_value() == DEV_ENCRYPTION_KEY
     assert ENV_PREFIX == "FHIR_GATEWAY_"

@@ -68,11 +68,11 @@ SORT_COLUMNS = {"string": "value", "token": "code", "number": "value", "quantity
 Visible = Callable[[FromClause], ColumnElement[bool]]
 
 
-def _everything(_res: FromClause) -> ColumnElement[bool]:
+def everything(_res: FromClause) -> ColumnElement[bool]:
     return true()
 
 
-def where_clause(parsed: ParsedSearch, *, visible: Visible = _everything) -> ColumnElement[bool]:
+def where_clause(parsed: ParsedSearch, *, visible: Visible = everything) -> ColumnElement[bool]:
     """Current, non-deleted, visible resources of the searched type that satisfy every criterion.
 
     When a criterion already limits the rows to index rows of this type (`pk IN (...)`), the type
@@ -93,7 +93,7 @@ def _by_index(crit: Criterion) -> bool:
 
 
 def criterion(
-    crit: Criterion, res: FromClause, visible: Visible = _everything, *, res_type: str | None = None
+    crit: Criterion, res: FromClause, visible: Visible = everything, *, res_type: str | None = None
 ) -> ColumnElement[bool]:
     """One criterion about the resource row `res` (the searched table, or a chain/_has alias).
 
@@ -272,7 +272,7 @@ def _sort_column(resource_type: str, code: str, descending: bool) -> ColumnEleme
 
 
 def include_step(
-    parsed: ParsedSearch, pks: Sequence[int], *, iterate_only: bool, visible: Visible = _everything
+    parsed: ParsedSearch, pks: Sequence[int], *, iterate_only: bool, visible: Visible = everything
 ) -> Select[Any] | None:
     """Rows of `resources` that the `_include`/`_revinclude`s reach from the resources `pks`.
 

@@ -1,0 +1,150 @@
+"""The policy decision point: what one caller may see and do, decided in one place.
+
+Every read path asks this module, never its own rules: REST read/vread, search (as SQL, so totals,
+paging, chains, `_has` and `_include` only ever meet visible rows), history, batch/transaction GET
+entries, conditional operations and `$everything`. A request's `AccessPolicy` is compiled once from
+its RequestContext (the "grants": scope permissions, patient context, hidden security labels) and
+then answers two equivalent questions:
+
+* `decide(res_type, rows)` → `Decision` for one resource in hand (read, vread, history entries),
+* `visible(table)` → the same rule as a SQL condition, for queries.
+
+Both read the same facts — the resource's index rows (`_security` tokens, `_compartment`
+references) — so they cannot drift apart; tests check them against each other. Consent and
+break-glass (privacy/consent.py, privacy/breakglass.py) add their inputs to this same policy.
+
+Deny semantics. A caller without permission for a resource type gets 403 for it (that reveals
+nothing about any resource). A resource hidden by labels, compartment or consent is reported
+exactly like a missing one (404, not counted, not included), so there is no existence oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sqlalchemy import ColumnElement, and_, exists, not_, or_, true, tuple_
+from sqlalchemy.sql import FromClause
+
+from fhir_gateway.errors import Forbidden
+from fhir_gateway.privacy.compartment import COMPARTMENT_PARAM, is_member_type, member_params, patients_of
+from fhir_gateway.store.schema import idx_reference, idx_token
+from fhir_gateway.store.search.rows import IndexRows
+
+Interaction = Literal["read", "search", "create", "update", "delete"]
+Label = tuple[str, str]  # (system, code) of a meta.security coding
+SECURITY_PARAM = "_security"
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """What a caller is entitled to, independent of any particular resource.
+
+    `types[interaction]` is the set of resource types allowed for it, or None for every type.
+    `patient` confines compartment resource types to that patient's compartment.
+    `hidden` are the security labels the caller is not cleared for.
+    """
+
+    types: dict[str, frozenset[str] | None]
+    patient: str | None = None
+    hidden: frozenset[Label] = frozenset()
+
+    @classmethod
+    def everything(cls) -> Grants:
+        return cls({i: None for i in ("read", "search", "create", "update", "delete")})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one resource, with the rule that decided it (recorded in the AuditEvent)."""
+
+    effect: Literal["permit", "deny"]
+    reason: str
+
+    @property
+    def permitted(self) -> bool:
+        return self.effect == "permit"
+
+
+PERMIT = Decision("permit", "granted")
+
+
+@dataclass(slots=True)
+class AccessPolicy:
+    grants: Grants
+    _decisions: dict[tuple[str, str, int], Decision] = field(default_factory=dict)
+
+    # ---- type-level permissions ---------------------------------------------------------------
+    def allows(self, res_type: str, interaction: Interaction) -> bool:
+        allowed = self.grants.types.get(interaction, frozenset())
+        return allowed is None or res_type in allowed
+
+    def require(self, res_type: str, interaction: Interaction) -> None:
+        if not self.allows(res_type, interaction):
+            raise Forbidden(
+                f"Your authorisation does not include {interaction} on {res_type}",
+                expression=res_type,
+                code="forbidden",
+            )
+
+    @property
+    def restricted(self) -> bool:
+        """Whether anything at all can be hidden from this caller (else queries skip the filter)."""
+        g = self.grants
+        return g.patient is not None or bool(g.hidden) or any(t is not None for t in g.types.values())
+
+    # ---- one resource -------------------------------------------------------------------------
+    def decide(self, res_type: str, res_id: str, version_id: int, rows: IndexRows) -> Decision:
+        """Permit or deny reading one resource version, from its index rows (cached per request)."""
+        key = (res_type, res_id, version_id)
+        cached = self._decisions.get(key)
+        if cached is None:
+            cached = self._decisions[key] = self._decide(res_type, rows)
+        return cached
+
+    def _decide(self, res_type: str, rows: IndexRows) -> Decision:
+        if not (self.allows(res_type, "read") or self.allows(res_type, "search")):
+            return Decision("deny", "scope")
+        g = self.grants
+        if g.patient is not None and is_member_type(res_type) and g.patient not in patients_of(rows):
+            return Decision("deny", "compartment")
+        for token in rows.tokens:
+            if token.param == SECURITY_PARAM and (token.system, token.code) in g.hidden:
+                return Decision("deny", f"label:{token.code}")
+        return PERMIT
+
+    # ---- the same rule as SQL -----------------------------------------------------------------
+    def visible(self, res: FromClause) -> ColumnElement[bool]:
+        """Rows of `res` (the resources table or an alias) this caller may see."""
+        if not self.restricted:
+            return true()
+        g = self.grants
+        conditions: list[ColumnElement[bool]] = []
+        readable = _union(g.types.get("read", frozenset()), g.types.get("search", frozenset()))
+        if readable is not None:
+            conditions.append(res.c.res_type.in_(sorted(readable)))
+        if g.patient is not None:
+            ref = idx_reference.alias()
+            in_compartment = exists().where(
+                ref.c.res_pk == res.c.pk, ref.c.param == COMPARTMENT_PARAM, ref.c.target_id == g.patient
+            )
+            members = sorted(t for t in _compartment_types() if readable is None or t in readable)
+            conditions.append(or_(res.c.res_type.not_in(members), in_compartment))
+        if g.hidden:
+            tok = idx_token.alias()
+            labelled = exists().where(
+                tok.c.res_pk == res.c.pk,
+                tok.c.param == SECURITY_PARAM,
+                tuple_(tok.c.system, tok.c.code).in_(sorted(g.hidden)),
+            )
+            conditions.append(not_(labelled))
+        return and_(true(), *conditions)
+
+
+def _union(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    return None if a is None or b is None else a | b
+
+
+def _compartment_types() -> Iterable[str]:
+    return {"Patient", *member_params()}

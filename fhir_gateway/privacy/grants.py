@@ -1,0 +1,81 @@
+"""From a RequestContext to the Grants the policy decision point applies.
+
+Two inputs, intersected: the SMART scopes in the token (what the user authorised this client to
+do) and the permissions of the user's roles (what the organisation lets the user do). A token
+with no roles is limited by its scopes alone (a SMART client of an external IdP), and a context
+with no scopes is allowed nothing. The `patient` launch context confines compartment data to that
+patient when the scopes are patient-level. Hidden labels come from the clearance model.
+"""
+
+from __future__ import annotations
+
+from fhir_gateway.auth.scopes import parse_scopes
+from fhir_gateway.context import RequestContext
+from fhir_gateway.privacy.access import AccessPolicy, Grants
+from fhir_gateway.settings import Settings
+
+INTERACTIONS = ("read", "search", "create", "update", "delete")
+
+# Role → interactions it may perform at all (config may narrow these later; seed roles).
+ROLE_PERMISSIONS: dict[str, str] = {
+    "admin": "cruds",
+    "integration": "cruds",
+    "clinician": "cruds",
+    "nurse": "crus",
+    "emergency_access": "rs",
+    "privacy_officer": "rs",
+    "researcher": "rs",
+}
+
+
+def policy_for(ctx: RequestContext, settings: Settings) -> AccessPolicy:
+    """The request's policy, compiled once and kept on the context (decisions are cached there)."""
+    if ctx.policy is None:
+        ctx.policy = AccessPolicy(grants_for(ctx, settings))
+    return ctx.policy
+
+
+def grants_for(ctx: RequestContext, settings: Settings) -> Grants:
+    from fhir_gateway.privacy.clearance import hidden_labels
+
+    if ctx.source != "rest" and ctx.subject == f"system:{ctx.source}":
+        # The gateway's own work (a feed being applied, a CLI command): no end user to protect
+        # data from; what it may write is governed by the pipeline, and what it reads never leaves.
+        return Grants.everything()
+    types, patient_level = _scope_types(ctx.scopes)
+    if ctx.roles:
+        allowed = set("".join(ROLE_PERMISSIONS.get(r, "") for r in ctx.roles))
+        for interaction in INTERACTIONS:
+            if interaction[0] not in allowed:  # read→r, search→s, create→c, update→u, delete→d
+                types[interaction] = frozenset()
+    patient = ctx.patient if patient_level and ctx.patient else None
+    hidden = frozenset((_label_system(code), code) for code in hidden_labels(ctx))
+    return Grants(types, patient=patient, hidden=hidden)
+
+
+CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+
+def _label_system(code: str) -> str:
+    """Confidentiality codes are single letters (U L M N R V); sensitivity codes are v3 ActCode."""
+    return CONFIDENTIALITY if code in ("U", "L", "M", "N", "R", "V") else ACT_CODE
+
+
+def _scope_types(scopes: tuple[str, ...]) -> tuple[dict[str, frozenset[str] | None], bool]:
+    """Per interaction, the types the scopes allow (None = all); and whether any is patient-level."""
+    found: dict[str, set[str] | None] = {i: set() for i in INTERACTIONS}
+    parsed = parse_scopes(scopes)
+    for scope in parsed:
+        if scope.query:
+            # A v2 scope narrowed by a query (`Observation.rs?category=laboratory`) is not yet
+            # turned into a filter; granting the whole type would over-share, so it grants nothing.
+            continue
+        for interaction in scope.interactions:
+            current = found[interaction]
+            if scope.resource_type == "*":
+                found[interaction] = None
+            elif current is not None:
+                current.add(scope.resource_type)
+    patient_level = any(scope.context == "patient" for scope in parsed)
+    return {i: (None if t is None else frozenset(t)) for i, t in found.items()}, patient_level
