@@ -338,6 +338,35 @@ class Gateway:
             "entry": entries,
         }
 
+    async def everything(
+        self, patient_id: str, ctx: RequestContext, *, query: Sequence[tuple[str, str]] = (), base: str = ""
+    ) -> Resource:
+        """Patient/$everything: the patient and every resource in its compartment the caller may see,
+        paged, with a total that counts only those."""
+        patient = await self.read("Patient", patient_id, ctx)  # 403/404 exactly like a read
+        params = dict(query)
+        count = _int_param(params, "_count", self.settings.default_page_size, self.settings.max_page_size)
+        offset = _int_param(params, "_offset", 0, None)
+        visible = self.policy(ctx).visible
+        versions, total = await searching.compartment(
+            self.store, patient.res_id, count=count, offset=offset, visible=visible
+        )
+        url = f"{base}/Patient/{patient.res_id}/$everything"
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": total,
+            "link": searching.page_links(url, [], offset, count, total),
+            "entry": [
+                {
+                    "fullUrl": f"{base}/{v.res_type}/{v.res_id}",
+                    "resource": v.resource(),
+                    "search": {"mode": "match"},
+                }
+                for v in versions
+            ],
+        }
+
     async def search(
         self,
         res_type: str,

@@ -151,6 +151,15 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         )
         return FhirResponse(bundle, pretty=pretty)
 
+    @router.get("/Patient/{res_id}/$everything")
+    async def everything(request: Request, res_id: str) -> Response:
+        pretty = check_format(request)
+        gateway = await runtime.ready_gateway()
+        bundle = await gateway.everything(
+            check_id(res_id), runtime.context(request), query=query_of(request), base=base_of(request)
+        )
+        return FhirResponse(bundle, pretty=pretty)
+
     @router.get("/{res_type}/{res_id}")
     async def read(request: Request, res_type: str, res_id: str) -> Response:
         pretty = check_format(request)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, exists, func, select
 
 from fhir_gateway.fhir import elements as subsetting
 from fhir_gateway.fhir.json import Resource
+from fhir_gateway.privacy.compartment import COMPARTMENT_PARAM
 from fhir_gateway.store.database import Connection
-from fhir_gateway.store.schema import resources
+from fhir_gateway.store.schema import idx_reference, resources
 from fhir_gateway.store.search.params import ParsedSearch
 from fhir_gateway.store.search.query import Visible, everything, include_step, order_by, where_clause
 from fhir_gateway.store.store import Store, StoredVersion, current_from_row, select_current
@@ -67,6 +68,21 @@ async def run(store: Store, parsed: ParsedSearch, *, visible: Visible = everythi
                 page.includes.extend(new)
                 frontier = [v.pk for v in new if v.pk is not None]
         return page
+
+
+async def compartment(
+    store: Store, patient_id: str, *, count: int, offset: int, visible: Visible = everything
+) -> tuple[list[StoredVersion], int]:
+    """One page of everything in a patient's compartment (Patient/$everything), and the total."""
+    ref = idx_reference.alias()
+    member = exists().where(
+        ref.c.res_pk == resources.c.pk, ref.c.param == COMPARTMENT_PARAM, ref.c.target_id == patient_id
+    )
+    where = and_(resources.c.deleted.is_(False), member, visible(resources))
+    stmt = select_current().where(where).order_by(resources.c.res_type, resources.c.pk)
+    async with store.reader(offload=True) as conn:
+        rows = (await conn.execute(stmt.limit(count).offset(offset))).all()
+        return [current_from_row(r) for r in rows], await _count(conn, where)
 
 
 async def _count(conn: Connection, where: ColumnElement[bool]) -> int:

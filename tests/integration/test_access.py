@@ -58,14 +58,19 @@ class World:
         # a second version, so vread and instance history have something to leak
         psy["id"] = psy_id
         psy["status"] = "amended"
-        assert (await self.client.put(f"/fhir/Observation/{psy_id}", json=psy, headers=FHIR)).status_code == 200
+        assert (
+            await self.client.put(f"/fhir/Observation/{psy_id}", json=psy, headers=FHIR)
+        ).status_code == 200
         await self.create("obsB", _observation(b, {"text": "pulse"}, "o3"))
         report = {
             "resourceType": "DiagnosticReport",
             "status": "final",
             "code": {"text": "panel"},
             "subject": {"reference": f"Patient/{a}"},
-            "result": [{"reference": f"Observation/{psy_id}"}, {"reference": f"Observation/{self.ids['obsA']}"}],
+            "result": [
+                {"reference": f"Observation/{psy_id}"},
+                {"reference": f"Observation/{self.ids['obsA']}"},
+            ],
         }
         await self.create("reportA", report)
 
@@ -115,7 +120,9 @@ async def test_labelled_resource_is_invisible_by_every_route(world: World) -> No
     count = (await c.get("/fhir/Observation", params={"_summary": "count"}, headers=h)).json()
     assert count["total"] == 2
     # a hidden resource must not make another match: _has and chains
-    has = (await c.get("/fhir/Patient", params={"_has:Observation:subject:code": "psy-note"}, headers=h)).json()
+    has = (
+        await c.get("/fhir/Patient", params={"_has:Observation:subject:code": "psy-note"}, headers=h)
+    ).json()
     assert has["total"] == 0
     direct = (await c.get("/fhir/Observation", params={"identifier": "secret"}, headers=h)).json()
     assert direct["total"] == 0
@@ -131,7 +138,10 @@ async def test_labelled_resource_is_invisible_by_every_route(world: World) -> No
     ).json()
     assert psy not in ids_of(rev) and world.ids["obsA"] in ids_of(rev)
     # history: type and system level do not list it
-    assert psy not in {e["fullUrl"].rsplit("/", 1)[1] for e in (await c.get("/fhir/Observation/_history", headers=h)).json()["entry"]}
+    assert psy not in {
+        e["fullUrl"].rsplit("/", 1)[1]
+        for e in (await c.get("/fhir/Observation/_history", headers=h)).json()["entry"]
+    }
     system = (await c.get("/fhir/_history", params={"_count": "100"}, headers=h)).json()
     assert all(not e["fullUrl"].endswith(psy) for e in system["entry"])
     assert system["total"] == len(system["entry"])
@@ -153,7 +163,9 @@ async def test_conditional_create_is_no_existence_oracle(world: World) -> None:
     """If-None-Exist matching only a hidden resource answers exactly as if nothing matched."""
     c, h = world.client, clinician(world)
     obs = _observation(world.ids["A"], {"text": "x"}, "secret")
-    r = await c.post("/fhir/Observation", json=obs, headers={**h, **FHIR, "If-None-Exist": "identifier=secret"})
+    r = await c.post(
+        "/fhir/Observation", json=obs, headers={**h, **FHIR, "If-None-Exist": "identifier=secret"}
+    )
     assert r.status_code == 201
     assert r.json()["id"] != world.ids["psyA"]
 
@@ -168,7 +180,9 @@ async def test_admin_and_cleared_callers_see_it(world: World) -> None:
 
 async def test_patient_context_confines_to_the_compartment(world: World) -> None:
     c, a, b = world.client, world.ids["A"], world.ids["B"]
-    h = world.token(sub="Patient/" + a, roles=["clinician"], scope="patient/*.rs", patient=a, purpose=["TREAT"])
+    h = world.token(
+        sub="Patient/" + a, roles=["clinician"], scope="patient/*.rs", patient=a, purpose=["TREAT"]
+    )
     assert (await c.get(f"/fhir/Patient/{a}", headers=h)).status_code == 200
     assert (await c.get(f"/fhir/Patient/{b}", headers=h)).status_code == 404
     assert (await c.get(f"/fhir/Observation/{world.ids['obsB']}", headers=h)).status_code == 404
@@ -218,3 +232,21 @@ async def test_requests_without_a_token_are_refused_unless_allowed(tmp_path: Pat
         r = await c.get("/fhir/Patient")
         assert r.status_code == 401 and r.json()["resourceType"] == "OperationOutcome"
         assert (await c.get("/fhir/metadata")).status_code == 200
+
+
+async def test_everything_returns_only_what_the_caller_may_see(world: World) -> None:
+    c, a, b = world.client, world.ids["A"], world.ids["B"]
+    admin = world.token(roles=["admin"], scope="system/*.*")
+    full = (await c.get(f"/fhir/Patient/{a}/$everything", headers=admin)).json()
+    assert {world.ids[k] for k in ("A", "obsA", "psyA", "reportA")} == ids_of(full) and full["total"] == 4
+    h = clinician(world)
+    seen = (await c.get(f"/fhir/Patient/{a}/$everything", headers=h)).json()
+    assert ids_of(seen) == {a, world.ids["obsA"], world.ids["reportA"]} and seen["total"] == 3
+    paged = (await c.get(f"/fhir/Patient/{a}/$everything", params={"_count": "2"}, headers=h)).json()
+    assert len(paged["entry"]) == 2 and paged["total"] == 3
+    assert any(link["relation"] == "next" for link in paged["link"])
+    own = world.token(
+        sub="Patient/" + a, roles=["clinician"], scope="patient/*.rs", patient=a, purpose=["TREAT"]
+    )
+    assert (await c.get(f"/fhir/Patient/{b}/$everything", headers=own)).status_code == 404
+    assert (await c.get("/fhir/Patient/nobody/$everything", headers=admin)).status_code == 404
