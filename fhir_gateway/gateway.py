@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,12 +20,14 @@ from fhir_gateway.context import RequestContext
 from fhir_gateway.definitions.search_parameters import resource_types
 from fhir_gateway.errors import BadRequest, GatewayError, Gone, NotFound
 from fhir_gateway.fhir.dates import date_range, format_instant
-from fhir_gateway.fhir.json import Resource
+from fhir_gateway.fhir.json import Resource, dumps
 from fhir_gateway.fhir.requests import RequestTarget, parse_target
 from fhir_gateway.pipeline.stage import Pipeline
 from fhir_gateway.privacy.access import AccessPolicy, Interaction
 from fhir_gateway.privacy.compartment import compartment_rows
+from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.privacy.grants import policy_for
+from fhir_gateway.privacy.redact import redact
 from fhir_gateway.settings import Settings
 from fhir_gateway.store import searching
 from fhir_gateway.store.search.extract import extract
@@ -49,6 +52,7 @@ class Gateway:
         self.store = store
         self.pipeline = pipeline if pipeline is not None else Pipeline.from_settings(settings)
         self.types = resource_types()
+        self.consents = ConsentCache(store, settings.privacy.consent_cache_seconds)
 
     # ---- write path -----------------------------------------------------------------------------
     async def submit(
@@ -91,7 +95,7 @@ class Gateway:
     ) -> list[EntryResult]:
         results: dict[int, EntryResult] = {}
         writes = [p for p in plans if p.method not in ("GET", "HEAD")]
-        policy = self.policy(ctx)
+        policy = await self.policy(ctx)
         for plan in writes:
             self._authorize_write(policy, plan, None if single else plan.index)
         async with self.store.transaction() as tx:
@@ -107,6 +111,8 @@ class Gateway:
                     raise
             if within is not None:
                 await within(tx, [results[p.index] for p in writes])
+        if any(p.target.res_type == "Consent" for p in writes):
+            self.consents.invalidate()  # a consent change takes effect with the next request
         for plan in plans:
             if plan.index not in results:
                 results[plan.index] = await self.get_entry(plan.target, ctx)
@@ -117,12 +123,15 @@ class Gateway:
         try:
             if plan.method in ("GET", "HEAD"):
                 return await self.get_entry(plan.target, ctx)
-            self._authorize_write(self.policy(ctx), plan, plan.index)
+            self._authorize_write(await self.policy(ctx), plan, plan.index)
             async with self.store.transaction() as tx:
                 processor = EntryProcessor(self, tx, ctx, bundle)
                 await processor.assign_ids([plan])
                 await processor.resolve_references([plan])
-                return await processor.apply(plan)
+                result = await processor.apply(plan)
+            if plan.target.res_type == "Consent":
+                self.consents.invalidate()
+            return result
         except GatewayError as exc:
             return EntryResult(exc.status, outcome=exc.outcome())
 
@@ -223,20 +232,21 @@ class Gateway:
         if not raw:
             raise BadRequest("A conditional request needs search parameters", expression=where)
         parsed = parse_search(res_type, raw, strict=True, default_count=2, max_count=2)
-        visible = self.policy(ctx).visible
+        assert ctx.policy is not None, "the submit compiles the caller's policy before any query"
+        visible = ctx.policy.visible
         return select_current().where(where_clause(parsed, visible=visible)).limit(2)
 
     # ---- read path ------------------------------------------------------------------------------
-    def policy(self, ctx: RequestContext) -> AccessPolicy:
-        return policy_for(ctx, self.settings)
+    async def policy(self, ctx: RequestContext) -> AccessPolicy:
+        return await policy_for(ctx, self.settings, self.consents)
 
     async def read(self, res_type: str, res_id: str, ctx: RequestContext) -> StoredVersion:
-        policy = self.policy(ctx)
+        policy = await self.policy(ctx)
         policy.require(res_type, "read")
         return self._check_visible(policy, await self.store.read(res_type, res_id), res_type, "Resource")
 
     async def vread(self, res_type: str, res_id: str, version_id: int, ctx: RequestContext) -> StoredVersion:
-        policy = self.policy(ctx)
+        policy = await self.policy(ctx)
         policy.require(res_type, "read")
         version = await self.store.vread(res_type, res_id, version_id)
         return self._check_visible(policy, version, res_type, "Version")
@@ -246,8 +256,8 @@ class Gateway:
     ) -> StoredVersion:
         """404 for what is missing *or hidden* (the same answer, so no existence oracle); 410 after a
         delete only for callers who could have seen the resource anyway."""
-        if version is not None and not version.deleted and not self._permitted(policy, version):
-            version = None
+        if version is not None and not version.deleted:
+            version = self.shown(policy, version)
         if version is None or (version.deleted and policy.restricted):
             raise NotFound(f"{what} not found", expression=res_type)
         if version.deleted:
@@ -258,12 +268,20 @@ class Gateway:
         return version
 
     @staticmethod
-    def _permitted(policy: AccessPolicy, version: StoredVersion) -> bool:
-        if not policy.restricted:
-            return True
-        rows = extract(version.resource())
+    def shown(policy: AccessPolicy, version: StoredVersion) -> StoredVersion | None:
+        """The version as this caller may see it: None when denied, masked when a consent withholds
+        elements, untouched otherwise (and without parsing when nothing can be hidden)."""
+        if not policy.restricted or version.deleted:
+            return version
+        resource = version.resource()
+        rows = extract(resource)
         rows.references.extend(compartment_rows(version.res_type, version.res_id, rows))
-        return policy.decide(version.res_type, version.res_id, version.version_id, rows).permitted
+        decision = policy.decide(version.res_type, version.res_id, version.version_id, rows)
+        if not decision.permitted:
+            return None
+        if decision.masks:
+            return replace(version, content=dumps(redact(resource, decision.masks)))
+        return version
 
     async def get_entry(self, target: RequestTarget, ctx: RequestContext, *, base: str = "") -> EntryResult:
         """A GET inside a batch/transaction, through the same read path as REST."""
@@ -302,12 +320,12 @@ class Gateway:
         since = _instant_param(params, "_since")
         # Pin the page set to "now" so next links stay stable while writes continue.
         before = float(params["_before"]) if _is_float(params.get("_before")) else time.time()
-        policy = self.policy(ctx)
+        policy = await self.policy(ctx)
         if res_type is not None:
             policy.require(res_type, "read" if res_id is not None else "search")
         if res_id is not None and res_type is not None:
             current = await self.store.read(res_type, res_id)
-            if current is not None and (current.deleted or self._permitted(policy, current)):
+            if current is not None and (current.deleted or self.shown(policy, current) is not None):
                 current = None if current.deleted and policy.restricted else current
             else:
                 current = None
@@ -327,9 +345,7 @@ class Gateway:
         )
         path = "/".join(p for p in (res_type, res_id) if p) + ("/_history" if res_type else "_history")
         keep = [(k, v) for k, v in query if k == "_since"] + [("_before", repr(before))]
-        entries = [
-            _history_entry(v, base, with_content=v.deleted or self._permitted(policy, v)) for v in versions
-        ]
+        entries = [_history_entry(v, self.shown(policy, v), base) for v in versions]
         return {
             "resourceType": "Bundle",
             "type": "history",
@@ -347,10 +363,12 @@ class Gateway:
         params = dict(query)
         count = _int_param(params, "_count", self.settings.default_page_size, self.settings.max_page_size)
         offset = _int_param(params, "_offset", 0, None)
-        visible = self.policy(ctx).visible
+        policy = await self.policy(ctx)
         versions, total = await searching.compartment(
-            self.store, patient.res_id, count=count, offset=offset, visible=visible
+            self.store, patient.res_id, count=count, offset=offset, visible=policy.visible
         )
+        if policy.masking:
+            versions = self._masked(policy, versions)
         url = f"{base}/Patient/{patient.res_id}/$everything"
         return {
             "resourceType": "Bundle",
@@ -384,17 +402,25 @@ class Gateway:
             default_count=self.settings.default_page_size,
             max_count=self.settings.max_page_size,
         )
-        policy = self.policy(ctx)
+        policy = await self.policy(ctx)
         policy.require(res_type, "search")
         page = await searching.run(self.store, parsed, visible=policy.visible)
+        if policy.masking:
+            page.matches = self._masked(policy, page.matches)
+            page.includes = self._masked(policy, page.includes)
         return searching.bundle(parsed, page, base)
 
+    def _masked(self, policy: AccessPolicy, versions: list[StoredVersion]) -> list[StoredVersion]:
+        """Apply element masks (SQL already left out what is denied, so nothing disappears here)."""
+        return [shown for v in versions if (shown := self.shown(policy, v)) is not None]
 
-def _history_entry(v: StoredVersion, base: str, *, with_content: bool) -> Resource:
+
+def _history_entry(v: StoredVersion, shown: StoredVersion | None, base: str) -> Resource:
+    """One history entry; a version the caller may not see is listed without its content."""
     url = f"{v.res_type}/{v.res_id}"
     entry: dict[str, Any] = {"fullUrl": f"{base}/{url}"}
-    if not v.deleted and with_content:
-        entry["resource"] = v.resource()
+    if shown is not None and not shown.deleted:
+        entry["resource"] = shown.resource()
     method = v.method or "PUT"
     entry["request"] = {"method": method, "url": url if method != "POST" else v.res_type}
     status = "201 Created" if method == "POST" else ("204 No Content" if v.deleted else "200 OK")

@@ -111,6 +111,24 @@ class DicomSettings(_Section):
     )
 
 
+class PrivacySettings(_Section):
+    """Consent and break-glass policy (DESIGN.md "Privacy model")."""
+
+    # With no active patient-privacy Consent: permit (opt-out jurisdictions) or deny (opt-in).
+    consent_default: Literal["permit", "deny"] = "permit"
+    consent_cache_seconds: float = Field(default=2.0, ge=0, le=60)  # how stale consent decisions may be
+    break_glass_max_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    break_glass_justify_hours: float = Field(default=24.0, gt=0)  # unjustified grants escalate after this
+    # Labels a break-glass grant does NOT open (42 CFR Part 2 substance-use records stay protected).
+    break_glass_exceptions: tuple[str, ...] = ("SUD", "ETHUD", "OPIOIDUD")
+    notify_channel: Literal["log", "webhook", "smtp"] = "log"
+    notify_webhook_url: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str | None = None
+    smtp_to: str | None = None
+
+
 ValidationMode = Literal["strict", "errors", "warn", "off"]
 
 
@@ -150,6 +168,7 @@ class Settings(_Section):
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
 
     @field_validator("log_level")
     @classmethod

@@ -24,11 +24,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlalchemy import ColumnElement, and_, exists, not_, or_, true, tuple_
+from sqlalchemy import ColumnElement, and_, exists, false, not_, or_, true, tuple_
 from sqlalchemy.sql import FromClause
 
 from fhir_gateway.errors import Forbidden
+from fhir_gateway.privacy import consent
 from fhir_gateway.privacy.compartment import COMPARTMENT_PARAM, is_member_type, member_params, patients_of
+from fhir_gateway.privacy.consent import Provision
 from fhir_gateway.store.schema import idx_reference, idx_token
 from fhir_gateway.store.search.rows import IndexRows
 
@@ -44,11 +46,23 @@ class Grants:
     `types[interaction]` is the set of resource types allowed for it, or None for every type.
     `patient` confines compartment resource types to that patient's compartment.
     `hidden` are the security labels the caller is not cleared for.
+    `consents` are the patients' consents with their request-side elements already resolved for
+    this caller (None: that consent says nothing about this request, so the default applies);
+    `consent_default_deny` hides the data of patients without any consent in force.
+    `override` are the patients a break-glass grant opens (labels and consents no longer hide their
+    data), except data carrying one of `override_exceptions`.
     """
 
     types: dict[str, frozenset[str] | None]
     patient: str | None = None
     hidden: frozenset[Label] = frozenset()
+    consents: tuple[tuple[str, str, Provision | None], ...] = ()  # (patient, consent id, tree)
+    consented: frozenset[str] = frozenset()  # patients with a consent in force
+    consent_default_deny: bool = False
+    consent_exempt: frozenset[str] = frozenset()  # patients whose consents do not bind this caller
+    override: frozenset[str] = frozenset()
+    override_exceptions: frozenset[Label] = frozenset()
+    grant_ids: tuple[str, ...] = ()
 
     @classmethod
     def everything(cls) -> Grants:
@@ -57,10 +71,14 @@ class Grants:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome for one resource, with the rule that decided it (recorded in the AuditEvent)."""
+    """The outcome for one resource, with the rule that decided it (recorded in the AuditEvent).
+
+    A permit may carry `masks`: element paths a consent withholds from this caller.
+    """
 
     effect: Literal["permit", "deny"]
     reason: str
+    masks: tuple[str, ...] = ()
 
     @property
     def permitted(self) -> bool:
@@ -92,7 +110,18 @@ class AccessPolicy:
     def restricted(self) -> bool:
         """Whether anything at all can be hidden from this caller (else queries skip the filter)."""
         g = self.grants
-        return g.patient is not None or bool(g.hidden) or any(t is not None for t in g.types.values())
+        return (
+            g.patient is not None
+            or bool(g.hidden)
+            or bool(g.consents)
+            or g.consent_default_deny
+            or any(t is not None for t in g.types.values())
+        )
+
+    @property
+    def masking(self) -> bool:
+        """Whether some consent withholds elements from this caller (answers must then be masked)."""
+        return any(tree is not None and _has_masks(tree) for _, _, tree in self.grants.consents)
 
     # ---- one resource -------------------------------------------------------------------------
     def decide(self, res_type: str, res_id: str, version_id: int, rows: IndexRows) -> Decision:
@@ -100,19 +129,38 @@ class AccessPolicy:
         key = (res_type, res_id, version_id)
         cached = self._decisions.get(key)
         if cached is None:
-            cached = self._decisions[key] = self._decide(res_type, rows)
+            cached = self._decisions[key] = self._decide(res_type, res_id, rows)
         return cached
 
-    def _decide(self, res_type: str, rows: IndexRows) -> Decision:
+    def _decide(self, res_type: str, res_id: str, rows: IndexRows) -> Decision:
         if not (self.allows(res_type, "read") or self.allows(res_type, "search")):
             return Decision("deny", "scope")
         g = self.grants
-        if g.patient is not None and is_member_type(res_type) and g.patient not in patients_of(rows):
+        patients = patients_of(rows)
+        if g.patient is not None and is_member_type(res_type) and g.patient not in patients:
             return Decision("deny", "compartment")
-        for token in rows.tokens:
-            if token.param == SECURITY_PARAM and (token.system, token.code) in g.hidden:
-                return Decision("deny", f"label:{token.code}")
-        return PERMIT
+        labels = {(t.system, t.code) for t in rows.tokens if t.param == SECURITY_PARAM}
+        opened = bool(patients & g.override) and not labels & g.override_exceptions
+        if labels & g.hidden and not opened:
+            return Decision("deny", "label:" + ",".join(sorted(c or "" for _, c in labels & g.hidden)))
+        if opened:
+            return Decision("permit", "break-glass:" + ",".join(g.grant_ids))
+        masks: list[str] = []
+        facts = consent.Facts(res_type, res_id, rows)
+        for patient, consent_id, tree in g.consents:
+            if patient not in patients or patient in g.consent_exempt:
+                continue
+            if tree is None or not consent.matches_root(tree, facts):
+                if g.consent_default_deny:
+                    return Decision("deny", "consent-default")
+                continue
+            effect, masked = consent.decide(tree, facts)
+            if effect == "deny":
+                return Decision("deny", f"consent:Consent/{consent_id}")
+            masks.extend(masked)
+        if g.consent_default_deny and patients - g.consented - g.consent_exempt:
+            return Decision("deny", "consent-default")
+        return Decision("permit", "masked" if masks else "granted", tuple(masks))
 
     # ---- the same rule as SQL -----------------------------------------------------------------
     def visible(self, res: FromClause) -> ColumnElement[bool]:
@@ -131,15 +179,60 @@ class AccessPolicy:
             )
             members = sorted(t for t in _compartment_types() if readable is None or t in readable)
             conditions.append(or_(res.c.res_type.not_in(members), in_compartment))
+        opened = _in_compartment(res, g.override) if g.override else false()
+        if g.override_exceptions:
+            opened = and_(opened, not_(_labelled(res, g.override_exceptions)))
         if g.hidden:
-            tok = idx_token.alias()
-            labelled = exists().where(
-                tok.c.res_pk == res.c.pk,
-                tok.c.param == SECURITY_PARAM,
-                tuple_(tok.c.system, tok.c.code).in_(sorted(g.hidden)),
-            )
-            conditions.append(not_(labelled))
+            conditions.append(or_(not_(_labelled(res, g.hidden)), opened))
+        consent_hidden = self._consent_hidden(res)
+        if consent_hidden is not None:
+            conditions.append(or_(not_(consent_hidden), opened))
         return and_(true(), *conditions)
+
+    def _consent_hidden(self, res: FromClause) -> ColumnElement[bool] | None:
+        g = self.grants
+        hidden: list[ColumnElement[bool]] = []
+        for patient, _consent_id, tree in g.consents:
+            if patient in g.consent_exempt:
+                continue
+            if tree is None:
+                denied: ColumnElement[bool] = true() if g.consent_default_deny else false()
+            else:
+                root = consent.matches_root_sql(tree, res)
+                default = not_(root) if g.consent_default_deny else false()
+                denied = or_(and_(root, consent.denied_sql(tree, res)), default)
+            hidden.append(and_(_in_compartment(res, frozenset({patient})), denied))
+        if g.consent_default_deny:
+            ref = idx_reference.alias()
+            bound = sorted(g.consented | g.consent_exempt)
+            hidden.append(
+                exists().where(
+                    ref.c.res_pk == res.c.pk,
+                    ref.c.param == COMPARTMENT_PARAM,
+                    ref.c.target_id.not_in(bound) if bound else true(),
+                )
+            )
+        return or_(*hidden) if hidden else None
+
+
+def _has_masks(tree: Provision) -> bool:
+    return bool(tree.masks) or any(_has_masks(c) for c in tree.children)
+
+
+def _in_compartment(res: FromClause, patients: frozenset[str]) -> ColumnElement[bool]:
+    ref = idx_reference.alias()
+    return exists().where(
+        ref.c.res_pk == res.c.pk, ref.c.param == COMPARTMENT_PARAM, ref.c.target_id.in_(sorted(patients))
+    )
+
+
+def _labelled(res: FromClause, labels: frozenset[Label]) -> ColumnElement[bool]:
+    tok = idx_token.alias()
+    return exists().where(
+        tok.c.res_pk == res.c.pk,
+        tok.c.param == SECURITY_PARAM,
+        tuple_(tok.c.system, tok.c.code).in_(sorted(labels)),
+    )
 
 
 def _union(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:

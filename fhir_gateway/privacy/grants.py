@@ -9,14 +9,21 @@ patient when the scopes are patient-level. Hidden labels come from the clearance
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 from fhir_gateway.auth.scopes import parse_scopes
 from fhir_gateway.context import RequestContext
 from fhir_gateway.privacy.access import AccessPolicy, Grants
+from fhir_gateway.privacy.clearance import hidden_labels
+from fhir_gateway.privacy.consent import Provision, for_request
+from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.settings import Settings
 
 INTERACTIONS = ("read", "search", "create", "update", "delete")
 
 # Role → interactions it may perform at all (config may narrow these later; seed roles).
+CONSENT_BYPASS = frozenset({"admin", "privacy_officer"})
 ROLE_PERMISSIONS: dict[str, str] = {
     "admin": "cruds",
     "integration": "cruds",
@@ -28,16 +35,14 @@ ROLE_PERMISSIONS: dict[str, str] = {
 }
 
 
-def policy_for(ctx: RequestContext, settings: Settings) -> AccessPolicy:
+async def policy_for(ctx: RequestContext, settings: Settings, consents: ConsentCache) -> AccessPolicy:
     """The request's policy, compiled once and kept on the context (decisions are cached there)."""
     if ctx.policy is None:
-        ctx.policy = AccessPolicy(grants_for(ctx, settings))
+        ctx.policy = AccessPolicy(await grants_for(ctx, settings, consents))
     return ctx.policy
 
 
-def grants_for(ctx: RequestContext, settings: Settings) -> Grants:
-    from fhir_gateway.privacy.clearance import hidden_labels
-
+async def grants_for(ctx: RequestContext, settings: Settings, consents: ConsentCache) -> Grants:
     if ctx.source != "rest" and ctx.subject == f"system:{ctx.source}":
         # The gateway's own work (a feed being applied, a CLI command): no end user to protect
         # data from; what it may write is governed by the pipeline, and what it reads never leaves.
@@ -50,7 +55,41 @@ def grants_for(ctx: RequestContext, settings: Settings) -> Grants:
                 types[interaction] = frozenset()
     patient = ctx.patient if patient_level and ctx.patient else None
     hidden = frozenset((_label_system(code), code) for code in hidden_labels(ctx))
-    return Grants(types, patient=patient, hidden=hidden)
+    grants = Grants(types, patient=patient, hidden=hidden)
+    if CONSENT_BYPASS & set(ctx.roles):
+        return grants  # admin and privacy officer see everything (and are audited)
+    return await _with_consents(grants, ctx, settings, consents)
+
+
+async def _with_consents(
+    grants: Grants, ctx: RequestContext, settings: Settings, cache: ConsentCache
+) -> Grants:
+    now = time.time()
+    in_force = await cache.in_force(now)
+    default_deny = settings.privacy.consent_default == "deny"
+    resolved: list[tuple[str, str, Provision | None]] = []
+    for patient, consents in in_force.items():
+        for pc in consents:
+            tree = for_request(pc.root, ctx, now)
+            if tree is not None and not (default_deny or _may_withhold(tree)):
+                continue  # this consent can only permit, and permit is already the default
+            if tree is None and not default_deny:
+                continue
+            resolved.append((patient, pc.consent_id, tree))
+    own = (
+        {ctx.fhir_user.partition("/")[2]} if ctx.fhir_user and ctx.fhir_user.startswith("Patient/") else set()
+    )
+    return replace(
+        grants,
+        consents=tuple(resolved),
+        consented=frozenset(in_force),
+        consent_default_deny=default_deny,
+        consent_exempt=frozenset(own),
+    )
+
+
+def _may_withhold(tree: Provision) -> bool:
+    return tree.type == "deny" or bool(tree.masks) or any(_may_withhold(c) for c in tree.children)
 
 
 CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"

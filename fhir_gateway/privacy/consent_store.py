@@ -1,0 +1,74 @@
+"""The consents in force, read from the store and kept for at most `privacy.consent_cache_seconds`.
+
+Every policy decision needs the active patient-privacy consents, and reading and parsing them per
+request would cost more than the request. They are cached for a few seconds (the bound on how stale
+a decision may be when a consent changes on another server process) and dropped at once when a
+Consent is written through this process's Gateway, so a revocation here takes effect immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+from sqlalchemy import and_, select
+
+from fhir_gateway.fhir.json import loads
+from fhir_gateway.privacy.consent import PatientConsent, parse_consent
+from fhir_gateway.store.schema import idx_token, resources
+from fhir_gateway.store.store import Store
+
+_ACTIVE_CONSENTS = select(resources.c.content).where(
+    resources.c.res_type == "Consent",
+    resources.c.deleted.is_(False),
+    resources.c.pk.in_(
+        select(idx_token.c.res_pk).where(
+            and_(
+                idx_token.c.res_type == "Consent", idx_token.c.param == "status", idx_token.c.code == "active"
+            )
+        )
+    ),
+)
+
+
+class ConsentCache:
+    def __init__(self, store: Store, max_age: float) -> None:
+        self.store = store
+        self.max_age = max_age
+        self._loaded_at = float("-inf")
+        self._invalidated = float("-inf")
+        self._by_patient: dict[str, list[PatientConsent]] = {}
+        self._lock = asyncio.Lock()
+
+    def invalidate(self) -> None:
+        """A Consent was written: the next decision reads them again (also if a load is under way
+        that started before the write)."""
+        self._invalidated = time.monotonic()
+
+    async def in_force(self, now: float) -> dict[str, list[PatientConsent]]:
+        """Patient id → that patient's consents in force at `now`."""
+        if self._stale():
+            async with self._lock:
+                if self._stale():
+                    started = time.monotonic()
+                    self._by_patient = await self._load()
+                    self._loaded_at = started
+        return {
+            patient: live
+            for patient, consents in self._by_patient.items()
+            if (live := [c for c in consents if c.in_force(now)])
+        }
+
+    def _stale(self) -> bool:
+        return self._loaded_at <= self._invalidated or time.monotonic() - self._loaded_at > self.max_age
+
+    async def _load(self) -> dict[str, list[PatientConsent]]:
+        async with self.store.reader(offload=True) as conn:
+            rows = (await conn.execute(_ACTIVE_CONSENTS)).all()
+        by_patient: dict[str, list[PatientConsent]] = defaultdict(list)
+        for row in rows:
+            parsed = parse_consent(loads(row.content, what="stored Consent"))
+            if parsed is not None:
+                by_patient[parsed.patient_id].append(parsed)
+        return dict(by_patient)
