@@ -57,11 +57,8 @@ def serve(
     settings = settings_from(
         config, host=host, port=port, database_url=database_url, mllp_port=mllp_port, dicom_port=dicom_port
     )
-    for name, value in (("MLLP", settings.mllp_port), ("DICOM", settings.dicom_port)):
-        if value is not None:
-            err.print(
-                f"[yellow]warning:[/yellow] the {name} listener is not part of this build yet; port ignored"
-            )
+    if settings.dicom_port is not None:
+        err.print("[yellow]warning:[/yellow] the DICOM listener is not part of this build yet; port ignored")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
 
@@ -177,6 +174,11 @@ def run_or_exit(coro: Any) -> Any:
         err.print(f"[red]error:[/red] {exc.diagnostics}")
         raise typer.Exit(1) from None
 
+
+# Sub-command groups of the feature packages; imported last because they use `settings_from` above.
+from fhir_gateway.ingest.hl7v2.cli import hl7_app  # noqa: E402
+
+app.add_typer(hl7_app, name="hl7")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

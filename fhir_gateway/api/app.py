@@ -6,6 +6,7 @@ from fastapi import APIRouter, FastAPI
 
 from fhir_gateway import __version__
 from fhir_gateway.api.health import build_health_router
+from fhir_gateway.api.hl7v2 import build_hl7_router
 from fhir_gateway.api.metrics import MetricsMiddleware
 from fhir_gateway.api.rest import build_router
 from fhir_gateway.api.runtime import Runtime
@@ -40,5 +41,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.include_router(build_health_router(runtime))
     app.include_router(fhir_router(runtime=runtime))
+    app.include_router(build_hl7_router(runtime))
     app.add_middleware(MetricsMiddleware)
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import structlog
@@ -53,9 +53,21 @@ class Runtime:
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
         await self.start()
         try:
-            yield
+            async with AsyncExitStack() as services:
+                for service in self.services():
+                    await services.enter_async_context(service)
+                yield
         finally:
             await self.stop()
+
+    def services(self) -> list[AbstractAsyncContextManager[Any]]:
+        """The listeners and background workers that live as long as the server (in start order)."""
+        from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
+
+        found: list[AbstractAsyncContextManager[Any]] = []
+        if self.settings.mllp_port is not None:
+            found.append(mllp_listener(self, self.settings.host, self.settings.mllp_port))
+        return found
 
     async def ready_gateway(self) -> Gateway:
         await self.ensure_schema()

@@ -1,5 +1,7 @@
-"""`fhir-gateway ingest`: FHIR JSON files (resources or Bundles) through the one write path.
+"""`fhir-gateway ingest`: FHIR JSON files (resources or Bundles) and HL7 v2 files through the one write path.
 
+`.hl7`/`.er7` files go through the HL7 v2 receiver (the same mapping, idempotency and error queue
+as MLLP).
 A transaction/batch Bundle is submitted as it is; any other Bundle (collection, searchset, document)
 becomes a batch of its entries; a single resource becomes a PUT when it has an id (so re-ingesting
 a file updates instead of duplicating) and a POST when it has none.
@@ -14,14 +16,17 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
+from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import GatewayError
 from fhir_gateway.fhir.json import Resource, loads
 from fhir_gateway.gateway import Gateway
+from fhir_gateway.ingest.hl7v2.files import SUFFIXES as HL7_SUFFIXES
+from fhir_gateway.ingest.hl7v2.files import failed, ingest_file
+from fhir_gateway.ingest.hl7v2.receiver import Receiver, Reply
 from fhir_gateway.settings import Settings
-from fhir_gateway.store.store import Store
 
-SUFFIXES = {".json"}
+SUFFIXES = {".json", *HL7_SUFFIXES}
 
 
 def iter_files(paths: Sequence[Path]) -> Iterator[Path]:
@@ -58,30 +63,43 @@ def _entry(resource: Resource) -> Resource:
 async def ingest_paths(settings: Settings, paths: Sequence[Path], console: Console) -> int:
     """Ingest every file; returns the number of files that failed (each reported on its own line)."""
     files = list(iter_files(paths))
-    store = Store(settings.database_url)
+    runtime = Runtime(settings)
     failures = 0
     try:
-        if settings.run_migrations:
-            await store.upgrade()
-        gateway = Gateway(settings, store)
+        await runtime.ensure_schema()
         ctx = RequestContext.system("cli")
+        receiver = Receiver(runtime)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("ingesting", total=len(files))
             for path in files:
                 try:
-                    bundle = as_bundle(loads(path.read_bytes(), what=path.name))
-                    results = await gateway.submit_entries(bundle, ctx)
-                    failed = [r for r in results if r.status >= 400]
-                    if failed:
-                        failures += 1
-                        console.print(
-                            f"[yellow]{path}[/yellow]: {len(failed)} of {len(results)} entries failed"
-                        )
+                    if path.suffix.lower() in HL7_SUFFIXES:
+                        problem = _hl7_problem(await ingest_file(receiver, path))
+                    else:
+                        problem = await _fhir_problem(runtime.gateway, ctx, path)
                 except (GatewayError, OSError) as exc:
+                    problem = f"[red]{path}[/red]: {exc}"
+                if problem:
                     failures += 1
-                    console.print(f"[red]{path}[/red]: {exc}")
+                    console.print(
+                        problem if problem.startswith("[") else f"[yellow]{path}[/yellow]: {problem}"
+                    )
                 progress.advance(task)
         console.print(f"ingested {len(files) - failures} of {len(files)} files")
     finally:
-        await store.dispose()
+        await runtime.stop()
     return failures
+
+
+async def _fhir_problem(gateway: Gateway, ctx: RequestContext, path: Path) -> str | None:
+    bundle = as_bundle(loads(path.read_bytes(), what=path.name))
+    results = await gateway.submit_entries(bundle, ctx)
+    failed = [r for r in results if r.status >= 400]
+    return f"{len(failed)} of {len(results)} entries failed" if failed else None
+
+
+def _hl7_problem(replies: list[Reply]) -> str | None:
+    bad = failed(replies)
+    return (
+        f"{bad} of {len(replies)} messages were not accepted (see `fhir-gateway hl7 errors`)" if bad else None
+    )

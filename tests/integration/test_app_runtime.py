@@ -86,3 +86,23 @@ async def test_create_app_with_defaults_serves_on_embedded_sqlite(
             created = await c.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=auth)
             assert created.status_code == 201
     assert any(tmp_path.rglob("*.db"))
+
+
+async def test_mllp_listener_runs_with_the_server(tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/mllp.db", mllp_port=port)
+    message = "MSH|^~\\&|ADT|HOSP|GW|GW|20240101120000||ADT^A01|M1|P|2.5\rPID|1||9^^^HOSP^MR||Roe^Ann\r"
+    async for client in open_client(settings):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x0b" + message.encode() + b"\x1c\r")
+        await writer.drain()
+        ack = (await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 10)).decode()
+        writer.close()
+        assert "MSA|AA|M1" in ack
+        found = (await client.get("/fhir/Patient", params={"identifier": "9"})).json()
+        assert found["total"] == 1

@@ -102,3 +102,36 @@ def test_ingest_files_and_folders(tmp_path: Path) -> None:
     assert asyncio.run(count()) == 4
     again = runner.invoke(app, ["ingest", str(folder / "patient.json"), "--database-url", url])
     assert again.exit_code == 0
+
+
+ADT = (
+    "MSH|^~\\&|ADT|HOSP|GW|GW|20240101120000||ADT^A01|MSG{n}|P|2.5\r"
+    "PID|1||12345^^^HOSP^MR||Doe^John||19800101|M\r"
+    "PV1|1|I|W^1^1\r"
+)
+
+
+def test_ingest_hl7_files_through_the_receiver(tmp_path: Path) -> None:
+    """v2 files take the receiver's path: mapped, idempotent, and failures land in the error queue."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/hl7.db"
+    good = tmp_path / "adt.hl7"
+    good.write_text(ADT.format(n=1) + "\n" + ADT.format(n=2))  # a batch file of two messages
+    bad = tmp_path / "bad.hl7"
+    bad.write_text("MSH|^~\\&|ADT|HOSP|GW|GW|20240101||ZZZ^Z99|X1|P|2.5\r")
+    result = runner.invoke(app, ["ingest", str(good), str(bad), "--database-url", url])
+    assert result.exit_code == 1, result.output
+    assert "bad.hl7" in result.output and "adt.hl7" not in result.output
+    again = runner.invoke(app, ["ingest", str(good), "--database-url", url])
+    assert again.exit_code == 0, again.output
+
+    async def patient_versions() -> list[int]:
+        store = Store(url)
+        try:
+            versions, _ = await store.history(res_type="Patient", count=10)
+            return [v.version_id for v in versions]
+        finally:
+            await store.dispose()
+
+    assert sorted(asyncio.run(patient_versions())) == [1, 2]  # two messages, re-ingest applied nothing
+    errors = runner.invoke(app, ["hl7", "errors", "--database-url", url])
+    assert errors.exit_code == 0 and "X1" in errors.output

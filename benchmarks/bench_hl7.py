@@ -1,0 +1,200 @@
+"""HL7 v2 receive path: tokenizer vs hl7apy, ingest rate through the receiver, ACK latency over MLLP.
+
+Measured in one run on the corpus (../shared/corpus/hl7v2/messages, each message re-keyed with a
+fresh MSH-10 so none is an idempotent duplicate):
+
+1. tokenize: our ER7 tokenizer (every field split into repetitions/components/subcomponents and
+   unescaped) vs hl7apy's `parse_message`, per message;
+2. floor: a raw SQLite insert + commit per message (stdlib sqlite3, WAL) — what one durable write
+   per message costs on this disk, with no FHIR work at all;
+3. ingest: messages/min committed through `Receiver.receive` (parse → map → Gateway.submit →
+   idempotency row) on SQLite, with C concurrent callers;
+4. MLLP: N concurrent connections (python-hl7's MLLP client when installed, else a plain socket
+   client) pushing the corpus in a loop; committed messages/min and ACK latency p50/p99.
+
+The last line is the tokenizer ratio (target ≥ 10×). Not a test: it prints, it never asserts.
+Usage: python benchmarks/bench_hl7.py [--messages 400] [--connections 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from fhir_gateway.api.runtime import Runtime
+from fhir_gateway.ingest.hl7v2.er7 import parse
+from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
+from fhir_gateway.ingest.hl7v2.receiver import Receiver
+from fhir_gateway.settings import load_settings
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hl7v2" / "messages"
+
+
+def corpus() -> list[str]:
+    texts = [p.read_bytes().decode("utf-8-sig") for p in sorted(CORPUS.glob("*.hl7"))]
+    return [t.replace("\r\n", "\r").replace("\n", "\r").strip() for t in texts]
+
+
+def rekey(text: str, control_id: str) -> str:
+    first, sep, rest = text.partition("\r")
+    fields = first.split(first[3])
+    fields[9] = control_id
+    return first[3].join(fields) + sep + rest
+
+
+def full_tokenize(text: str) -> int:
+    message = parse(text)
+    n = 0
+    for seg in message.segments:
+        for i in range(1, len(seg.fields)):
+            n += len(seg.field(i))
+    return n
+
+
+def bench_tokenizer(texts: list[str]) -> tuple[float, float, int]:
+    from hl7apy.parser import parse_message
+
+    usable = []
+    for t in texts:
+        try:
+            parse_message(t)
+            usable.append(t)
+        except Exception:  # noqa: BLE001 - hl7apy refuses some valid messages; compare on the rest
+            pass
+    rounds = 3
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for t in usable:
+            parse_message(t)
+    theirs = (time.perf_counter() - start) / (rounds * len(usable))
+    rounds = 50
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for t in usable:
+            full_tokenize(t)
+    ours = (time.perf_counter() - start) / (rounds * len(usable))
+    return ours, theirs, len(usable)
+
+
+def bench_floor(n: int, directory: Path) -> float:
+    conn = sqlite3.connect(directory / "floor.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE m (id INTEGER PRIMARY KEY, body BLOB)")
+    payload = b"x" * 2000
+    start = time.perf_counter()
+    for _ in range(n):
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO m (body) VALUES (?)", (payload,))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return n / elapsed * 60
+
+
+async def bench_ingest(texts: list[str], n: int, concurrency: int, directory: Path) -> tuple[float, int]:
+    directory = directory / f"ingest{concurrency}"
+    directory.mkdir()
+    settings = load_settings(
+        None, environ={}, overrides={"database_url": f"sqlite+aiosqlite:///{directory}/i.db"}
+    )
+    runtime = Runtime(settings)
+    await runtime.start()
+    receiver = Receiver(runtime)
+    queue = [rekey(texts[i % len(texts)], f"ING{i}") for i in range(n)]
+    accepted = 0
+
+    async def worker(items: list[str]) -> None:
+        nonlocal accepted
+        for item in items:
+            reply = await receiver.receive(item)
+            accepted += reply.outcome.value == "accepted"
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(queue[i::concurrency]) for i in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    await runtime.stop()
+    return accepted / elapsed * 60, accepted
+
+
+def _client_session(port: int, messages: list[str]) -> list[float]:
+    latencies = []
+    try:
+        from hl7.client import MLLPClient
+    except ImportError:  # python-hl7 not installed: an equivalent plain-socket MLLP client
+        MLLPClient = None  # noqa: N806
+    if MLLPClient is not None:
+        with MLLPClient("127.0.0.1", port) as client:
+            for m in messages:
+                t = time.perf_counter()
+                client.send_message(m)
+                latencies.append(time.perf_counter() - t)
+        return latencies
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        for m in messages:
+            t = time.perf_counter()
+            sock.sendall(b"\x0b" + m.encode() + b"\x1c\r")
+            data = b""
+            while not data.endswith(b"\x1c\r"):
+                data += sock.recv(65536)
+            latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+async def bench_mllp(
+    texts: list[str], n: int, connections: int, directory: Path
+) -> tuple[float, float, float]:
+    settings = load_settings(
+        None, environ={}, overrides={"database_url": f"sqlite+aiosqlite:///{directory}/m.db"}
+    )
+    runtime = Runtime(settings)
+    await runtime.start()
+    per = max(1, n // connections)
+    sessions = [
+        [rekey(texts[(c * per + i) % len(texts)], f"MLLP{c}-{i}") for i in range(per)]
+        for c in range(connections)
+    ]
+    async with mllp_listener(runtime, "127.0.0.1", 0) as server:
+        start = time.perf_counter()
+        results = await asyncio.gather(
+            *(asyncio.to_thread(_client_session, server.port, s) for s in sessions)
+        )
+        elapsed = time.perf_counter() - start
+    await runtime.stop()
+    latencies = sorted(x for r in results for x in r)
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return len(latencies) / elapsed * 60, p50, p99
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    texts = corpus()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        ours, theirs, used = bench_tokenizer(texts)
+        print(f"tokenize: ours {ours * 1e6:.0f} µs/msg, hl7apy {theirs * 1e3:.2f} ms/msg ({used} messages)")
+        print(f"tokenizer-only rate: {60 / ours:,.0f} msg/min")
+        print(f"raw SQLite insert+commit floor: {bench_floor(args.messages, directory):,.0f} msg/min")
+        rate, accepted = asyncio.run(bench_ingest(texts, args.messages, 1, directory))
+        print(f"ingest via receiver, 1 caller: {rate:,.0f} msg/min ({accepted} accepted)")
+        rate, accepted = asyncio.run(bench_ingest(texts, args.messages, args.connections, directory))
+        print(f"ingest via receiver, {args.connections} callers: {rate:,.0f} msg/min ({accepted} accepted)")
+        rate, p50, p99 = asyncio.run(bench_mllp(texts, args.messages, args.connections, directory))
+        print(
+            f"MLLP {args.connections} connections: {rate:,.0f} msg/min, ACK p50 {p50:.1f} ms p99 {p99:.1f} ms"
+        )
+    print(f"tokenizer speedup vs hl7apy: {theirs / ours:.1f}x (target >= 10x)")
+
+
+if __name__ == "__main__":
+    main()

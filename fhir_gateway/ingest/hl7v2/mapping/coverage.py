@@ -1,0 +1,105 @@
+"""IN1 → Coverage (IG: Segment IN1 to Coverage); FT1 → ChargeItem (Segment FT1 to ChargeItem).
+
+The payor is a logical reference (IN1-3 company id, IN1-4 name): no Organization is invented.
+A Coverage's id is the patient + the company + the policy (IN1-36) or plan (IN1-2), so the same
+insurance repeated in every ADT stays one Coverage.
+"""
+
+from __future__ import annotations
+
+from fhir_gateway.fhir.ids import stable_id
+from fhir_gateway.ingest.hl7v2.er7 import Segment
+from fhir_gateway.ingest.hl7v2.mapping.context import REQUIRED_FIELD_MISSING, MapContext
+from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
+    Json,
+    code_in,
+    codeable,
+    comp,
+    date,
+    date_time,
+    number,
+    period,
+    put,
+)
+from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
+
+COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
+SUBSCRIBER_RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
+RELATIONSHIP_0063 = {"SEL": "self", "SPO": "spouse", "CHD": "child", "PAR": "parent", "DOM": "common"}
+
+
+def map_in1(seg: Segment, ctx: MapContext) -> None:
+    if ctx.patient is None or ctx.patient_id is None:
+        return
+    company_id = seg.value(3)
+    company_name = seg.value(4)
+    payor: Json = {}
+    put(payor, "display", company_name)
+    if company_id:
+        payor["identifier"] = {"value": company_id}
+    if not payor:
+        ctx.warn(seg, 3, REQUIRED_FIELD_MISSING, "IN1-3/IN1-4 (insurance company) are empty; IN1 skipped")
+        return
+    coverage: Json = {
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": ctx.patient,
+        "payor": [payor],
+    }
+    policy = seg.value(36)
+    put(coverage, "subscriberId", policy)
+    put(coverage, "period", period(date(seg.value(12)), date(seg.value(13))))
+    put(coverage, "type", code_in(next(iter(seg.repetitions(15)), None), "0086"))
+    classes = []
+    for value, name, kind in ((seg.value(2), seg.value(2, 2), "plan"), (seg.value(8), seg.value(9), "group")):
+        if value:
+            entry: Json = {"type": {"coding": [{"system": COVERAGE_CLASS, "code": kind}]}, "value": value}
+            put(entry, "name", name)
+            classes.append(entry)
+    put(coverage, "class", classes)
+    relation = RELATIONSHIP_0063.get(seg.value(17).upper())
+    if relation:
+        coverage["relationship"] = {"coding": [{"system": SUBSCRIBER_RELATIONSHIP, "code": relation}]}
+        if relation == "self":
+            coverage["subscriber"] = ctx.patient
+    put(coverage, "order", int(seg.value(22)) if seg.value(22).isdigit() and seg.value(22) != "0" else None)
+    key = f"{company_id or company_name}|{policy or seg.value(2)}"
+    ctx.last = ctx.keep(coverage, stable_id("Coverage", f"Patient/{ctx.patient_id}", key))
+
+
+def map_ft1(seg: Segment, ctx: MapContext) -> None:
+    if ctx.patient is None:
+        return
+    code = codeable(next(iter(seg.repetitions(7)), None))
+    if code is None:
+        ctx.error(seg, 7, REQUIRED_FIELD_MISSING, "FT1-7 (transaction code) is required")
+        return
+    charge: Json = {"resourceType": "ChargeItem", "status": "billable", "code": code, "subject": ctx.patient}
+    put(charge, "context", ctx.encounter)
+    start, end = date_time(seg.value(4, 1), ctx.tz), date_time(seg.value(4, 2), ctx.tz)
+    if start and end:
+        charge["occurrencePeriod"] = period(start, end)
+    else:
+        put(charge, "occurrenceDateTime", start)
+    put(charge, "enteredDate", date_time(seg.value(5), ctx.tz))
+    qty = number(seg.value(10))
+    if qty is not None:
+        charge["quantity"] = {"value": qty}
+    amount = number(seg.value(11, 1))
+    if amount is not None:
+        put(
+            charge,
+            "priceOverride",
+            {"value": amount, "currency": seg.value(11, 2)} if seg.value(11, 2) else {"value": amount},
+        )
+    put(charge, "reason", [c for c in (codeable(r) for r in seg.repetitions(19)) if c])
+    performer = practitioner(next(iter(seg.repetitions(20)), None), ctx)
+    if performer and "reference" in performer:
+        charge["performer"] = [{"actor": performer}]
+    transaction_id = seg.value(2)
+    if transaction_id:
+        charge["identifier"] = [{"value": transaction_id}]
+        res_id = stable_id("ChargeItem", ctx.source, f"{comp(seg.field(2)[0], 1)}|{seg.value(3)}")
+    else:
+        res_id = ctx.message_id("ChargeItem", seg)
+    ctx.last = ctx.keep(charge, res_id)

@@ -1,0 +1,164 @@
+"""PV1, PV2 → Encounter (IG: Segment PV1 to Encounter); NK1 → RelatedPerson (Segment NK1).
+
+The Encounter id comes from PV1-19 (visit number) and its assigning authority, so admit, transfer,
+update and discharge messages of one visit update one Encounter; its status follows the trigger
+event (A01 in-progress, A03 finished, A04/A05 planned, A11 cancelled ...), else PV1-44/45.
+"""
+
+from __future__ import annotations
+
+from fhir_gateway.fhir.ids import stable_id
+from fhir_gateway.ingest.hl7v2.er7 import Segment
+from fhir_gateway.ingest.hl7v2.mapping import tables
+from fhir_gateway.ingest.hl7v2.mapping.context import MapContext, Reference
+from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
+    Json,
+    address,
+    authority,
+    code_in,
+    codeable,
+    comp,
+    date,
+    date_time,
+    human_name,
+    identifier,
+    period,
+    put,
+    telecom,
+)
+from fhir_gateway.ingest.hl7v2.mapping.resources import location, name_text, practitioner
+
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+# PV1 field → ParticipationType (attending, referring, consulting, admitting)
+PARTICIPANTS = (
+    (7, "ATND", "attender"),
+    (8, "REF", "referrer"),
+    (9, "CON", "consultant"),
+    (17, "ADM", "admitter"),
+)
+# PV1 field → Encounter.location status (assigned, prior, temporary, pending, prior temporary)
+LOCATIONS = ((3, "active"), (6, "completed"), (11, "active"), (42, "planned"), (43, "completed"))
+
+
+def map_pv1(seg: Segment, ctx: MapContext) -> None:
+    if ctx.patient is None:
+        return
+    encounter: Json = {"resourceType": "Encounter", "subject": ctx.patient}
+    patient_class = seg.value(2).upper()
+    mapped_class = tables.PATIENT_CLASS_0004.get(patient_class)
+    if mapped_class:
+        encounter["class"] = {
+            "system": tables.V3_ACT_CODE,
+            "code": mapped_class[0],
+            "display": mapped_class[1],
+        }
+    elif patient_class:
+        encounter["class"] = {"system": tables.V2_SYSTEM.format(table="0004"), "code": patient_class}
+    else:
+        encounter["class"] = {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK"}
+    start = date_time(seg.value(44), ctx.tz)
+    end = date_time(seg.value(45), ctx.tz)
+    encounter["status"] = _status(ctx.message.trigger, ctx.message.message_code, start, end)
+    put(encounter, "period", period(start, end))
+    visit = next((r for r in seg.repetitions(19) if comp(r, 1)), None)
+    ids = []
+    if visit:
+        vn = identifier(visit)
+        if vn is not None:
+            vn.setdefault("type", {"coding": [{"system": tables.IDENTIFIER_TYPE_SYSTEM, "code": "VN"}]})
+            ids.append(vn)
+    pre = identifier(seg.field(5)[0]) if seg.has(5) else None
+    put(encounter, "identifier", ids)
+    put(encounter, "type", [c for c in (code_in(r, "0007") for r in seg.repetitions(4)) if c])
+    put(encounter, "serviceType", code_in(seg.field(10)[0], "0069") if seg.has(10) else None)
+    participants = []
+    for fld, code, display in PARTICIPANTS:
+        for rep in seg.repetitions(fld):
+            who = practitioner(rep, ctx)
+            if who:
+                kind = {"coding": [{"system": PARTICIPATION, "code": code, "display": display}]}
+                participants.append({"type": [kind], "individual": who})
+    put(encounter, "participant", participants)
+    locations = []
+    for fld, status in LOCATIONS:
+        where = location(seg.field(fld)[0], ctx) if seg.has(fld) else None
+        if where:
+            locations.append({"location": where, "status": status})
+    put(encounter, "location", locations)
+    hosp: Json = {}
+    if pre:
+        hosp["preAdmissionIdentifier"] = pre
+    put(hosp, "admitSource", code_in(seg.field(14)[0], "0023") if seg.has(14) else None)
+    put(hosp, "reAdmission", code_in(seg.field(13)[0], "0092") if seg.has(13) else None)
+    put(hosp, "dischargeDisposition", code_in(seg.field(36)[0], "0112") if seg.has(36) else None)
+    put(encounter, "hospitalization", hosp)
+    if visit:
+        enc_id = stable_id("Encounter", authority(visit, 4) or ctx.source, comp(visit, 1))
+    else:
+        enc_id = ctx.message_id("Encounter", seg)
+    encounter = ctx.keep(encounter, enc_id)
+    ctx.encounter = ctx.ref(encounter)
+    ctx.last = encounter
+
+
+def _status(trigger: str, code: str, start: str | None, end: str | None) -> str:
+    if code in ("ADT", "BAR") and trigger in tables.ENCOUNTER_STATUS_BY_TRIGGER:
+        status = tables.ENCOUNTER_STATUS_BY_TRIGGER[trigger]
+        if status == "in-progress" and end and trigger not in ("A13",):
+            return "finished"
+        return status
+    if end:
+        return "finished"
+    return "in-progress" if start else "unknown"
+
+
+def map_pv2(seg: Segment, ctx: MapContext) -> None:
+    """PV2-3 admit reason → Encounter.reasonCode; PV2-12 visit description → Encounter.text-less note."""
+    if ctx.encounter is None or ctx.last is None or ctx.last.get("resourceType") != "Encounter":
+        return
+    reason = codeable(seg.field(3)[0]) if seg.has(3) else None
+    if reason:
+        ctx.last.setdefault("reasonCode", []).append(reason)
+    priority = code_in(seg.field(25)[0], "0217") if seg.has(25) else None
+    put(ctx.last, "priority", priority)
+
+
+def map_nk1(seg: Segment, ctx: MapContext) -> None:
+    if ctx.patient is None or ctx.patient_id is None:
+        return
+    person: Json = {"resourceType": "RelatedPerson", "patient": ctx.patient, "active": True}
+    names = [n for n in (human_name(r) for r in seg.repetitions(2)) if n]
+    put(person, "name", names)
+    relationships: list[Json] = []
+    for rep in seg.repetitions(3):
+        code = comp(rep, 1).upper()
+        v3 = tables.RELATIONSHIP_0063.get(code)
+        if v3:
+            relationships.append({"coding": [{"system": tables.ROLE_CODE_SYSTEM, "code": v3}]})
+        elif code:
+            relationships.append(
+                {"coding": [{"system": tables.V2_SYSTEM.format(table="0063"), "code": code}]}
+            )
+        elif comp(rep, 2):
+            relationships.append({"text": comp(rep, 2)})
+    for rep in seg.repetitions(7):
+        role = code_in(rep, "0131")
+        if role:
+            relationships.append(role)
+    put(person, "relationship", relationships)
+    put(person, "address", [a for a in (address(r) for r in seg.repetitions(4)) if a])
+    phones = [t for t in (telecom(r) for r in seg.repetitions(5)) if t]
+    for t in (telecom(r) for r in seg.repetitions(6)):
+        if t:
+            t.setdefault("use", "work")
+            phones.append(t)
+    put(person, "telecom", phones)
+    put(person, "period", period(date(seg.value(8)), date(seg.value(9))))
+    put(person, "identifier", [i for i in (identifier(r) for r in seg.repetitions(33)) if i])
+    if len(person) <= 3:  # nothing but the patient: an empty NK1
+        return
+    key = "|".join([name_text(names[0]) if names else "", seg.value(3, 1), seg.value(1)])
+    ctx.add(person, stable_id("RelatedPerson", ctx.patient_id, key))
+
+
+__all__ = ["Reference", "map_nk1", "map_pv1", "map_pv2"]

@@ -1,0 +1,176 @@
+"""ORC, OBR, TQ1 → ServiceRequest and DiagnosticReport (IG: Segment ORC/OBR to ServiceRequest,
+OBR to DiagnosticReport).
+
+An ORC opens an order group; what the order is depends on the detail segment after it (OBR → a
+ServiceRequest, RXO/RXE → a MedicationRequest, RXA → an Immunization), so the ORC is kept pending
+and applied by that segment — or, when no detail follows, becomes a ServiceRequest of its own.
+Ids come from the placer order number (ORC-2/OBR-2), else the filler number (ORC-3/OBR-3), with
+their namespace: a status update or a corrected result of the same order lands on one resource.
+A DiagnosticReport is made for an OBR in a result message (ORU, OUL), or one that carries a result
+status (OBR-25) outside order messages (DFT, BAR …); its id comes from the filler number first.
+"""
+
+from __future__ import annotations
+
+from fhir_gateway.fhir.ids import stable_id
+from fhir_gateway.ingest.hl7v2.er7 import Segment
+from fhir_gateway.ingest.hl7v2.mapping import tables
+from fhir_gateway.ingest.hl7v2.mapping.context import REQUIRED_FIELD_MISSING, MapContext
+from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
+    Json,
+    Rep,
+    code_in,
+    codeable,
+    comp,
+    date_time,
+    ei,
+    instant,
+    period,
+    put,
+)
+from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
+
+RESULT_MESSAGES = frozenset({"ORU", "OUL"})
+# Order, document and pharmacy messages carry an OBR as the order itself (IG message maps: OBR →
+# ServiceRequest only), even when a sender fills OBR-25.
+ORDER_MESSAGES = frozenset(
+    {"ORM", "OML", "OMG", "OMI", "OMB", "OMD", "OMN", "OMP", "OMS", "OPL", "MDM", "SIU"}
+)
+PRIORITY = {"S": "stat", "A": "asap", "R": "routine", "P": "routine", "C": "urgent", "T": "urgent"}
+
+
+def _first(seg: Segment | None, n: int) -> Rep | None:
+    if seg is None:
+        return None
+    return next((r for r in seg.repetitions(n) if comp(r, 1)), None)
+
+
+def order_key(res_type: str, *reps: Rep | None) -> str | None:
+    """The deterministic id of an order-like resource from the first present EI (value + namespace)."""
+    for rep in reps:
+        if rep and comp(rep, 1):
+            return stable_id(res_type, comp(rep, 2) or comp(rep, 3), comp(rep, 1))
+    return None
+
+
+def order_identifiers(orc: Segment | None, detail: Segment | None, fields: tuple[int, int]) -> list[Json]:
+    """PLAC / FILL / PGN identifiers from ORC-2/3/4 and the detail segment's placer/filler fields."""
+    ids: list[Json] = []
+    seen: set[str] = set()
+    sources = [(orc, 2, "PLAC"), (detail, fields[0], "PLAC"), (orc, 3, "FILL"), (detail, fields[1], "FILL")]
+    sources.append((orc, 4, "PGN"))
+    for seg, n, kind in sources:
+        rep = _first(seg, n) if seg is not None and n else None
+        ident = ei(rep)
+        if ident and f"{kind}|{ident['value']}" not in seen:
+            seen.add(f"{kind}|{ident['value']}")
+            ident["type"] = {"coding": [{"system": tables.IDENTIFIER_TYPE_SYSTEM, "code": kind}]}
+            ids.append(ident)
+    return ids
+
+
+def request_status(ctx: MapContext, default: str = "unknown") -> str:
+    orc = ctx.pending_orc or ctx.group_orc
+    if orc is not None:
+        status = tables.lookup(tables.ORDER_STATUS_0038, orc.value(5))
+        status = status or tables.lookup(tables.ORDER_CONTROL_0119, orc.value(1))
+        if status:
+            return status
+    return default
+
+
+def map_orc(seg: Segment, ctx: MapContext) -> None:
+    flush_orc(ctx)
+    ctx.order = ctx.report = None
+    ctx.pending_orc = ctx.group_orc = seg
+
+
+def flush_orc(ctx: MapContext) -> None:
+    """An ORC that no detail segment used becomes a ServiceRequest of its own."""
+    orc = ctx.pending_orc
+    if orc is None:
+        return
+    ctx.pending_orc = None
+    if ctx.patient is None:
+        return
+    request = _service_request(orc, None, ctx)
+    res_id = order_key("ServiceRequest", _first(orc, 2), _first(orc, 3)) or ctx.message_id(
+        "ServiceRequest", orc
+    )
+    ctx.add(request, res_id)
+
+
+def _service_request(orc: Segment | None, obr: Segment | None, ctx: MapContext) -> Json:
+    request: Json = {"resourceType": "ServiceRequest", "status": request_status(ctx), "intent": "order"}
+    put(request, "identifier", order_identifiers(orc, obr, (2, 3)))
+    if obr is not None:
+        put(request, "code", codeable(_first(obr, 4)))
+        prio = PRIORITY.get(obr.value(5).upper() or obr.value(27, 6).upper())
+        put(request, "priority", prio)
+        put(request, "reasonCode", [c for c in (codeable(r) for r in obr.repetitions(31)) if c])
+    put(request, "subject", ctx.patient)
+    put(request, "encounter", ctx.encounter)
+    requester = practitioner(_first(orc, 12), ctx) or practitioner(_first(obr, 16), ctx)
+    put(request, "requester", requester)
+    if orc is not None:
+        put(request, "authoredOn", date_time(orc.value(9), ctx.tz))
+    return request
+
+
+def map_obr(seg: Segment, ctx: MapContext) -> None:
+    if ctx.patient is None:
+        return
+    orc = ctx.pending_orc or ctx.group_orc
+    ctx.pending_orc = None
+    if not seg.has(4):
+        ctx.error(seg, 4, REQUIRED_FIELD_MISSING, "OBR-4 (universal service identifier) is required")
+    request = _service_request(orc, seg, ctx)
+    placer, filler = _first(orc, 2) or _first(seg, 2), _first(orc, 3) or _first(seg, 3)
+    req_id = order_key("ServiceRequest", placer, filler) or ctx.message_id("ServiceRequest", seg)
+    result_status = seg.value(25).upper()
+    code = ctx.message.message_code
+    is_result = code in RESULT_MESSAGES or (bool(result_status) and code not in ORDER_MESSAGES)
+    if is_result and request["status"] in ("active", "unknown") and result_status in ("F", "C"):
+        request["status"] = "completed"
+    request = ctx.keep(request, req_id)
+    request_ref = ctx.ref(request)
+    ctx.order = request
+    ctx.last = request
+    ctx.report = None
+    if not is_result:
+        return
+    report: Json = {
+        "resourceType": "DiagnosticReport",
+        "status": tables.lookup(tables.REPORT_STATUS_0123, result_status) or "unknown",
+        "code": codeable(_first(seg, 4)) or {"text": "unknown"},
+        "basedOn": [request_ref],
+        "subject": ctx.patient,
+    }
+    put(report, "identifier", order_identifiers(orc, seg, (2, 3)))
+    put(report, "category", [c for c in (code_in(_first(seg, 24), "0074"),) if c])
+    put(report, "encounter", ctx.encounter)
+    start, end = date_time(seg.value(7), ctx.tz), date_time(seg.value(8), ctx.tz)
+    if start and end:
+        report["effectivePeriod"] = period(start, end)
+    else:
+        put(report, "effectiveDateTime", start)
+    put(report, "issued", instant(seg.value(22), ctx.tz))
+    put(report, "resultsInterpreter", [p for p in (practitioner(r, ctx) for r in seg.repetitions(32)) if p])
+    rep_id = order_key("DiagnosticReport", filler, placer) or ctx.message_id("DiagnosticReport", seg)
+    ctx.report = ctx.keep(report, rep_id)
+
+
+def map_tq1(seg: Segment, ctx: MapContext) -> None:
+    """TQ1-7/8 start/end → the current request's occurrencePeriod (or the Appointment's start/end)."""
+    start, end = date_time(seg.value(7), ctx.tz), date_time(seg.value(8), ctx.tz)
+    if ctx.appointment is not None and ctx.order is None:
+        begin, finish = instant(seg.value(7), ctx.tz), instant(seg.value(8), ctx.tz)
+        if begin and finish and "start" not in ctx.appointment:
+            ctx.appointment["start"], ctx.appointment["end"] = begin, finish
+        return
+    target = ctx.order
+    if target is not None and target.get("resourceType") == "ServiceRequest":
+        put(target, "occurrencePeriod", period(start, end))
+        prio = PRIORITY.get(seg.value(9).upper())
+        if prio:
+            target.setdefault("priority", prio)

@@ -1,0 +1,389 @@
+"""HL7 v2 tables and their FHIR counterparts, as data (HL7 v2-to-FHIR IG concept maps).
+
+Each dict is one v2 table (number in the name) mapped to the FHIR code the IG's ConceptMap gives;
+lookups are case-insensitive on the v2 side (`lookup`). Values absent here are not guessed: the
+mapper keeps the v2 code in a CodeableConcept with the v2 table as its system where FHIR allows it,
+or records a warning.
+"""
+
+from __future__ import annotations
+
+V2_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-{table}"
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+
+# Table 0001 Administrative Sex → AdministrativeGender (ConceptMap table-0001-to-administrative-gender)
+SEX_0001 = {
+    "M": "male",
+    "F": "female",
+    "O": "other",
+    "U": "unknown",
+    "A": "other",
+    "N": "unknown",
+    "X": "other",
+}
+
+# Table 0004 Patient Class → v3 ActCode encounter class (ConceptMap table-0004-to-encounter-class)
+PATIENT_CLASS_0004 = {
+    "E": ("EMER", "emergency"),
+    "I": ("IMP", "inpatient encounter"),
+    "O": ("AMB", "ambulatory"),
+    "P": ("PRENC", "pre-admission"),
+    "R": ("IMP", "inpatient encounter"),  # recurring patient: the IG maps to inpatient
+    "B": ("IMP", "inpatient encounter"),  # obstetrics
+    "C": ("AMB", "ambulatory"),  # commercial account
+    "N": ("AMB", "ambulatory"),  # not applicable
+    "U": ("AMB", "ambulatory"),  # unknown
+}
+
+# Trigger event → Encounter.status (DESIGN "HL7v2 → FHIR"; IG ADT message maps)
+ENCOUNTER_STATUS_BY_TRIGGER = {
+    "A01": "in-progress",
+    "A02": "in-progress",
+    "A03": "finished",
+    "A04": "planned",
+    "A05": "planned",
+    "A06": "in-progress",
+    "A07": "in-progress",
+    "A08": "in-progress",
+    "A09": "in-progress",
+    "A10": "in-progress",
+    "A11": "cancelled",
+    "A12": "in-progress",
+    "A13": "in-progress",
+    "A14": "planned",
+    "A15": "planned",
+    "A16": "in-progress",
+    "A17": "in-progress",
+    "A21": "in-progress",
+    "A22": "in-progress",
+    "A25": "in-progress",
+    "A26": "in-progress",
+    "A27": "planned",
+    "A32": "in-progress",
+    "A33": "in-progress",
+    "A38": "cancelled",
+}
+
+# Table 0085 Observation Result Status → ObservationStatus (ConceptMap table-0085-to-observation-status)
+OBSERVATION_STATUS_0085 = {
+    "C": "corrected",
+    "D": "entered-in-error",
+    "F": "final",
+    "I": "registered",
+    "N": "cancelled",
+    "O": "registered",
+    "P": "preliminary",
+    "R": "preliminary",
+    "S": "preliminary",
+    "U": "final",
+    "W": "entered-in-error",
+    "X": "cancelled",
+    "A": "amended",
+}
+
+# Table 0123 Result Status (OBR-25) → DiagnosticReportStatus
+REPORT_STATUS_0123 = {
+    "O": "registered",
+    "I": "registered",
+    "S": "registered",
+    "A": "partial",
+    "P": "preliminary",
+    "C": "corrected",
+    "R": "partial",
+    "F": "final",
+    "X": "cancelled",
+    "Y": "final",
+    "Z": "final",
+    "M": "partial",
+    "N": "partial",
+}
+
+# Table 0038 Order Status (ORC-5) → RequestStatus
+ORDER_STATUS_0038 = {
+    "A": "active",
+    "CA": "revoked",
+    "CM": "completed",
+    "DC": "revoked",
+    "ER": "entered-in-error",
+    "HD": "on-hold",
+    "IP": "active",
+    "RP": "revoked",
+    "SC": "active",
+}
+
+# Table 0119 Order Control (ORC-1) → RequestStatus, used when ORC-5 is empty
+ORDER_CONTROL_0119 = {
+    "NW": "active",
+    "OK": "active",
+    "SC": "active",
+    "SN": "active",
+    "XO": "active",
+    "XX": "active",
+    "CA": "revoked",
+    "OC": "revoked",
+    "CR": "revoked",
+    "DC": "revoked",
+    "OD": "revoked",
+    "DR": "revoked",
+    "HD": "on-hold",
+    "OH": "on-hold",
+    "HR": "on-hold",
+    "RL": "active",
+    "OR": "active",
+    "RE": "completed",
+    "RP": "active",
+    "RO": "active",
+    "PA": "active",
+}
+
+# Table 0078 Interpretation Codes (OBX-8) → v3 ObservationInterpretation (same codes, v3 system)
+INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+INTERPRETATION_0078 = frozenset(
+    [
+        "L",
+        "H",
+        "LL",
+        "HH",
+        "<",
+        ">",
+        "N",
+        "A",
+        "AA",
+        "S",
+        "R",
+        "I",
+        "MS",
+        "VS",
+        "B",
+        "W",
+        "U",
+        "D",
+        "NEG",
+        "POS",
+        "IND",
+        "DET",
+        "ND",
+        "NR",
+        "RR",
+        "HU",
+        "LU",
+        "H>",
+        "L<",
+        "IE",
+        "HX",
+        "LX",
+    ]
+)
+
+# Table 0127 Allergen Type (AL1-2) → AllergyIntolerance.category / type
+ALLERGY_CATEGORY_0127 = {
+    "DA": "medication",
+    "FA": "food",
+    "EA": "environment",
+    "AA": "environment",
+    "PA": "environment",
+    "MA": "medication",
+    "MC": "medication",
+    "LA": "environment",
+    "PLA": "environment",
+}
+# Table 0128 Allergy Severity (AL1-4) → AllergyIntolerance.reaction.severity / criticality
+ALLERGY_SEVERITY_0128 = {"SV": "severe", "MO": "moderate", "MI": "mild"}
+ALLERGY_CRITICALITY_0128 = {"SV": "high", "MO": "low", "MI": "low", "U": "unable-to-assess"}
+
+# Table 0052 Diagnosis Type (DG1-6) → Condition.category (IG: all encounter-diagnosis)
+CONDITION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-category"
+
+# Table 0063 Relationship (NK1-3) → v3 RoleCode (ConceptMap table-0063-to-v3-rolecode, partial)
+RELATIONSHIP_0063 = {
+    "SPO": "SPS",
+    "WIF": "WIFE",
+    "HUS": "HUSB",
+    "MTH": "MTH",
+    "FTH": "FTH",
+    "PAR": "PRN",
+    "CHD": "CHILD",
+    "SON": "SON",
+    "DAU": "DAU",
+    "BRO": "BRO",
+    "SIS": "SIS",
+    "SIB": "SIB",
+    "GRD": "GUARD",
+    "FND": "FRND",
+    "DOM": "DOMPART",
+    "EMC": "ECON",
+    "SEL": "ONESELF",
+    "GRP": "GRPRN",
+    "EXF": "EXT",
+    "NBR": "NBOR",
+    "ROM": "ROOM",
+    "OTH": "O",
+    "UNK": "U",
+}
+ROLE_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+
+# Table 0278 Filler Status (SCH-25) → AppointmentStatus
+APPOINTMENT_STATUS_0278 = {
+    "PENDING": "pending",
+    "WAITLIST": "waitlist",
+    "BOOKED": "booked",
+    "STARTED": "arrived",
+    "COMPLETE": "fulfilled",
+    "CANCELLED": "cancelled",
+    "DC": "cancelled",
+    "DELETED": "entered-in-error",
+    "BLOCKED": "booked",
+    "OVERBOOK": "booked",
+    "NOSHOW": "noshow",
+}
+# SIU trigger → AppointmentStatus when SCH-25 is empty
+APPOINTMENT_STATUS_BY_TRIGGER = {
+    "S12": "booked",
+    "S13": "booked",
+    "S14": "booked",
+    "S15": "cancelled",
+    "S16": "cancelled",
+    "S17": "entered-in-error",
+    "S18": "booked",
+    "S19": "booked",
+    "S20": "cancelled",
+    "S21": "cancelled",
+    "S22": "entered-in-error",
+    "S23": "booked",
+    "S24": "booked",
+    "S26": "noshow",
+}
+
+# Table 0271 Document Completion Status (TXA-17) → CompositionStatus (DocumentReference.docStatus)
+DOC_STATUS_0271 = {
+    "AU": "final",
+    "DI": "preliminary",
+    "DO": "final",
+    "IN": "preliminary",
+    "IP": "preliminary",
+    "LA": "final",
+    "PA": "preliminary",
+}
+# Table 0275 Document Availability Status (TXA-19) → DocumentReferenceStatus
+DOC_AVAILABILITY_0275 = {"AV": "current", "CA": "entered-in-error", "OB": "superseded", "UN": "current"}
+
+# Table 0322 Completion Status (RXA-20) → ImmunizationStatus
+IMMUNIZATION_STATUS_0322 = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
+
+# Table 0203 Identifier Type: the codes are used as they are with the v2-0203 system.
+IDENTIFIER_TYPE_SYSTEM = V2_SYSTEM.format(table="0203")
+
+# Table 0201 Telecommunication Use (XTN-2) → ContactPoint.use; Table 0202 Equipment (XTN-3) → system
+TELECOM_USE_0201 = {
+    "PRN": "home",
+    "ORN": "home",
+    "WPN": "work",
+    "VHN": "home",
+    "ASN": "work",
+    "EMR": "home",
+    "NET": "work",
+    "BPN": "work",
+    "PRS": "mobile",
+}
+TELECOM_SYSTEM_0202 = {
+    "PH": "phone",
+    "CP": "phone",
+    "FX": "fax",
+    "MD": "other",
+    "BP": "pager",
+    "INTERNET": "email",
+    "X.400": "email",
+    "TDD": "other",
+    "TTY": "other",
+    "SAT": "phone",
+}
+# Table 0200 Name Type (XPN-7) → NameUse
+NAME_USE_0200 = {
+    "L": "official",
+    "D": "usual",
+    "M": "maiden",
+    "N": "nickname",
+    "A": "anonymous",
+    "B": "official",
+    "C": "official",
+    "I": "official",
+    "P": "usual",
+    "R": "official",
+    "S": "anonymous",
+    "T": "temp",
+    "U": "old",
+    "NB": "temp",
+    "TEMP": "temp",
+    "NOUSE": "old",
+    "BAD": "old",
+}
+# Table 0190 Address Type (XAD-7) → Address.use / type
+ADDRESS_USE_0190 = {"H": "home", "O": "work", "B": "work", "C": "temp", "BA": "old", "BI": "billing"}
+ADDRESS_TYPE_0190 = {"M": "postal", "SH": "physical"}
+
+# Table 0396 Coding System → FHIR code system URI (IG "Coding System Map")
+CODING_SYSTEM_0396 = {
+    "LN": "http://loinc.org",
+    "LOINC": "http://loinc.org",
+    "SCT": "http://snomed.info/sct",
+    "SNM": "http://snomed.info/sct",
+    "SNM3": "http://snomed.info/sct",
+    "SNOMED": "http://snomed.info/sct",
+    "SNOMEDCT": "http://snomed.info/sct",
+    "I10": "http://hl7.org/fhir/sid/icd-10",
+    "ICD10": "http://hl7.org/fhir/sid/icd-10",
+    "I10C": "http://hl7.org/fhir/sid/icd-10-cm",
+    "ICD10CM": "http://hl7.org/fhir/sid/icd-10-cm",
+    "I10P": "http://www.cms.gov/Medicare/Coding/ICD10",
+    "I9": "http://hl7.org/fhir/sid/icd-9-cm",
+    "I9C": "http://hl7.org/fhir/sid/icd-9-cm",
+    "ICD9": "http://hl7.org/fhir/sid/icd-9-cm",
+    "C4": "http://www.ama-assn.org/go/cpt",
+    "CPT": "http://www.ama-assn.org/go/cpt",
+    "CPT4": "http://www.ama-assn.org/go/cpt",
+    "CVX": "http://hl7.org/fhir/sid/cvx",
+    "MVX": "http://terminology.hl7.org/CodeSystem/MVX",
+    "NDC": "http://hl7.org/fhir/sid/ndc",
+    "RXNORM": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "RXN": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "UCUM": "http://unitsofmeasure.org",
+    "ANS+": "http://unitsofmeasure.org",
+    "ISO+": "urn:iso:std:iso:2955",
+    "NUCC": "http://nucc.org/provider-taxonomy",
+    "NCIT": "http://ncimeta.nci.nih.gov",
+    "CDCREC": "urn:oid:2.16.840.1.113883.6.238",
+    "HCPCS": "http://terminology.hl7.org/CodeSystem/HCPCS",
+    "HPC": "http://terminology.hl7.org/CodeSystem/HCPCS",
+    "DCM": "http://dicom.nema.org/resources/ontology/DCM",
+    "UMLS": "http://www.nlm.nih.gov/research/umls",
+}
+
+
+def lookup(table: dict[str, str], code: str) -> str | None:
+    return table.get(code.upper()) if code else None
+
+
+def coding_system(name: str) -> str | None:
+    """The FHIR system URI for a v2 coding system name (table 0396), `HL7nnnn`, or an ISO OID."""
+    if not name:
+        return None
+    upper = name.upper()
+    known = CODING_SYSTEM_0396.get(upper)
+    if known:
+        return known
+    if upper.startswith("HL7") and upper[3:].isdigit():
+        return V2_SYSTEM.format(table=upper[3:].zfill(4))
+    if _is_oid(name):
+        return f"urn:oid:{name}"
+    if upper.startswith("99"):  # locally defined (99zzz): no public URI
+        return None
+    return None
+
+
+def _is_oid(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) > 1 and all(p.isdigit() for p in parts)
+
+
+def is_oid(text: str) -> bool:
+    return _is_oid(text)
