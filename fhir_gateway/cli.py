@@ -6,16 +6,18 @@ at a running server's database. Settings are layered exactly as for the server (
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from fhir_gateway.settings import Settings, SettingsError, encrypt_value, generate_master_key, load_settings
+from fhir_gateway.audit.cli import audit_app
+from fhir_gateway.cli_options import ConfigOpt, DbOpt, err, run_or_exit, settings_from
+from fhir_gateway.crypto.cli import keys_app
+from fhir_gateway.ingest.hl7v2.cli import hl7_app
+from fhir_gateway.settings import encrypt_value, generate_master_key
 
 app = typer.Typer(
     help="fhir_gateway: FHIR R4 interoperability server", no_args_is_help=True, pretty_exceptions_enable=False
@@ -24,20 +26,9 @@ db_app = typer.Typer(help="Database schema", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration helpers", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file")]
-DbOpt = Annotated[
-    str | None, typer.Option("--database-url", help="SQLAlchemy URL, e.g. sqlite+aiosqlite:///gw.db")
-]
-
-
-def settings_from(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, overrides=overrides)
-    except SettingsError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+app.add_typer(hl7_app, name="hl7")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()
@@ -164,21 +155,6 @@ def validate(
 
     raise typer.Exit(validate_files(paths))
 
-
-def run_or_exit(coro: Any) -> Any:
-    from fhir_gateway.errors import GatewayError
-
-    try:
-        return asyncio.run(coro)
-    except GatewayError as exc:
-        err.print(f"[red]error:[/red] {exc.diagnostics}")
-        raise typer.Exit(1) from None
-
-
-# Sub-command groups of the feature packages; imported last because they use `settings_from` above.
-from fhir_gateway.ingest.hl7v2.cli import hl7_app  # noqa: E402
-
-app.add_typer(hl7_app, name="hl7")
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -18,7 +18,7 @@ from sqlalchemy import Select
 
 from fhir_gateway.context import RequestContext
 from fhir_gateway.definitions.search_parameters import resource_types
-from fhir_gateway.errors import BadRequest, GatewayError, Gone, NotFound
+from fhir_gateway.errors import BadRequest, GatewayError, Gone, MethodNotAllowed, NotFound
 from fhir_gateway.fhir.dates import date_range, format_instant
 from fhir_gateway.fhir.json import Resource, dumps
 from fhir_gateway.fhir.requests import RequestTarget, parse_target
@@ -139,6 +139,11 @@ class Gateway:
     def _authorize_write(policy: AccessPolicy, plan: EntryPlan, index: int | None) -> None:
         res_type = plan.target.res_type or "Bundle"
         try:
+            if res_type == "AuditEvent":
+                # The audit trail is written by the server alone, hash-chained (audit/); clients read it.
+                raise MethodNotAllowed(
+                    "AuditEvents are recorded by the server and cannot be written", expression="AuditEvent"
+                )
             policy.require(res_type, WRITE_INTERACTIONS[plan.method])
         except GatewayError as exc:
             if index is not None:

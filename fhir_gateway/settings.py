@@ -45,6 +45,9 @@ from pydantic import (
     model_validator,
 )
 
+from fhir_gateway.audit.config import AuditSettings
+from fhir_gateway.crypto.config import CryptoSettings
+
 ENV_PREFIX = "FHIR_GATEWAY_"
 CONFIG_VAR = f"{ENV_PREFIX}CONFIG"
 ENVIRONMENT_VAR = f"{ENV_PREFIX}ENVIRONMENT"
@@ -169,6 +172,8 @@ class Settings(_Section):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    crypto: CryptoSettings = Field(default_factory=CryptoSettings)
 
     @field_validator("log_level")
     @classmethod

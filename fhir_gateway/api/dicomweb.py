@@ -59,8 +59,12 @@ def build_dicomweb_router(
         return configured.rstrip("/") if configured else f"{str(request.base_url).rstrip('/')}{prefix}"
 
     async def store(request: Request, study: str | None) -> Response:
-        runtime.context(request)  # a bad token is refused (401) before the body is read
-        await runtime.ready_gateway()
+        ctx = runtime.context(request)  # a bad token is refused (401) before the body is read
+        policy = await (await runtime.ready_gateway()).policy(ctx)
+        # The writes themselves run as the DICOM feed (RequestContext.system), which the policy does
+        # not restrict, so the caller's own right to store imaging is checked here, once.
+        policy.require("ImagingStudy", "create")
+        policy.require("ImagingStudy", "update")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
             raise PayloadTooLarge(f"STOW-RS bodies are limited to {max_body_bytes} bytes")
@@ -73,9 +77,7 @@ def build_dicomweb_router(
         outcomes = [
             next(results)
             if is_dicom_part(p)
-            else InstanceOutcome(
-                failure=FailureReason.CANNOT_UNDERSTAND, reason="part is not application/dicom"
-            )
+            else InstanceOutcome(failure=FailureReason.CANNOT_UNDERSTAND, reason=NOT_DICOM_PART)
             for p in parts
         ]
         status, body = stow_response(outcomes, base)

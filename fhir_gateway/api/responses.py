@@ -3,7 +3,7 @@
 `FhirRoute` wraps each endpoint (it works inside a mounted router too, where app-level exception
 handlers do not reach): a `GatewayError` becomes its status and OperationOutcome; anything else is
 logged with the request id and answered 500 with a generic text, never the exception message,
-which might carry PHI.
+which might carry PHI. Whatever the answer, its AuditEvent is recorded here (api/auditing.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import structlog
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
+from fhir_gateway.api.auditing import record_exchange
 from fhir_gateway.errors import GatewayError, Issue, operation_outcome
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -58,12 +59,16 @@ class FhirRoute(APIRoute):
 
         async def guarded(request: Request) -> Response:
             try:
-                return await handler(request)
+                response = await handler(request)
             except GatewayError as exc:
+                await record_exchange(request, exc.status, exc)
                 return error_response(exc)
             except Exception:
                 request_id = request.headers.get("x-request-id", "-")
                 log.exception("unhandled_error", path=self.path, method=request.method, request_id=request_id)
+                await record_exchange(request, 500)
                 return internal_error(request_id)
+            await record_exchange(request, response.status_code)
+            return response
 
         return guarded

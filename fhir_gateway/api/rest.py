@@ -7,21 +7,30 @@ path); reads call the Gateway's read path. No SQL and no access decisions here.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request, Response
 
+from fhir_gateway.api.auditing import Note, note
 from fhir_gateway.api.capability import capability_statement
 from fhir_gateway.api.negotiation import Prefer, check_format, read_json_body
 from fhir_gateway.api.responses import FHIR_JSON, FhirResponse, FhirRoute, http_date
 from fhir_gateway.api.runtime import Runtime
+from fhir_gateway.audit.events import Interaction
 from fhir_gateway.errors import BadRequest, information
 from fhir_gateway.fhir import elements as subsetting
+from fhir_gateway.fhir.json import Resource
 from fhir_gateway.fhir.requests import check_id, check_type, parse_version
 from fhir_gateway.store.store import StoredVersion
 from fhir_gateway.transaction import EntryResult
 
 RESULT_PARAMS = {"_format", "_pretty"}
+WRITE_INTERACTIONS = {
+    "POST": Interaction.CREATE,
+    "PUT": Interaction.UPDATE,
+    "PATCH": Interaction.PATCH,
+    "DELETE": Interaction.DELETE,
+}
 
 
 def build_router(runtime: Runtime, prefix: str) -> APIRouter:
@@ -43,6 +52,7 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
     async def submit_one(
         request: Request, method: str, url: str, body: Any = None, **req: str | None
     ) -> Response:
+        taken = note(request, WRITE_INTERACTIONS[method], requested=url.partition("?")[0])
         pretty = check_format(request)
         ctx = runtime.context(request)
         gateway = await runtime.ready_gateway()
@@ -53,6 +63,8 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
             entry["resource"] = body
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
         [result] = await gateway.submit_entries(bundle, ctx, single=True)
+        if result.resource is not None:
+            taken.returned([result.resource])
         return write_response(request, result, base_of(request), pretty)
 
     @router.get("/metadata")
@@ -66,11 +78,15 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
     @router.post("")
     @router.post("/")
     async def transaction(request: Request) -> Response:
+        taken = note(request, Interaction.TRANSACTION)
         pretty = check_format(request)
         ctx = runtime.context(request)
         body = await read_json_body(request, settings.max_body_bytes)
+        if isinstance(body, dict) and body.get("type") == "batch":
+            taken.interaction = Interaction.BATCH
         gateway = await runtime.ready_gateway()
         response = await gateway.submit(body, ctx, base=base_of(request))
+        taken.returned(e["resource"] for e in response["entry"] if isinstance(e.get("resource"), dict))
         if Prefer.parse(request.headers.get("prefer")).return_ == "minimal":
             for entry in response["entry"]:
                 entry.pop("resource", None)
@@ -78,12 +94,13 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
 
     @router.get("/_history")
     async def history_system(request: Request) -> Response:
+        taken = note(request, Interaction.HISTORY_SYSTEM, query=request.url.query)
         pretty = check_format(request)
         gateway = await runtime.ready_gateway()
         bundle = await gateway.history(
             runtime.context(request), query=query_of(request), base=base_of(request)
         )
-        return FhirResponse(bundle, pretty=pretty)
+        return bundle_response(taken, bundle, pretty)
 
     @router.get("/{res_type}")
     async def search(request: Request, res_type: str) -> Response:
@@ -98,13 +115,14 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         )
 
     async def run_search(request: Request, res_type: str, raw: list[tuple[str, str]]) -> Response:
+        taken = note(request, Interaction.SEARCH_TYPE, requested=res_type, query=urlencode(raw))
         pretty = check_format(request)
         ctx = runtime.context(request)
         handling = Prefer.parse(request.headers.get("prefer")).handling
         gateway = await runtime.ready_gateway()
         strict = None if handling is None else handling == "strict"
         bundle = await gateway.search(res_type, raw, ctx, base=base_of(request), strict=strict)
-        return FhirResponse(bundle, pretty=pretty)
+        return bundle_response(taken, bundle, pretty)
 
     @router.post("/{res_type}")
     async def create(request: Request, res_type: str) -> Response:
@@ -141,6 +159,7 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
 
     @router.get("/{res_type}/_history")
     async def history_type(request: Request, res_type: str) -> Response:
+        taken = note(request, Interaction.HISTORY_TYPE, requested=res_type, query=request.url.query)
         pretty = check_format(request)
         gateway = await runtime.ready_gateway()
         bundle = await gateway.history(
@@ -149,23 +168,28 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
             query=query_of(request),
             base=base_of(request),
         )
-        return FhirResponse(bundle, pretty=pretty)
+        return bundle_response(taken, bundle, pretty)
 
     @router.get("/Patient/{res_id}/$everything")
     async def everything(request: Request, res_id: str) -> Response:
+        taken = note(
+            request, Interaction.OPERATION, requested=f"Patient/{res_id}", operation="$everything", query=""
+        )
         pretty = check_format(request)
         gateway = await runtime.ready_gateway()
         bundle = await gateway.everything(
             check_id(res_id), runtime.context(request), query=query_of(request), base=base_of(request)
         )
-        return FhirResponse(bundle, pretty=pretty)
+        return bundle_response(taken, bundle, pretty)
 
     @router.get("/{res_type}/{res_id}")
     async def read(request: Request, res_type: str, res_id: str) -> Response:
+        taken = note(request, Interaction.READ, requested=f"{res_type}/{res_id}")
         pretty = check_format(request)
         known_type(res_type)
         gateway = await runtime.ready_gateway()
         version = await gateway.read(res_type, check_id(res_id), runtime.context(request))
+        taken.returned([version.resource()])
         return read_response(request, version, pretty)
 
     @router.put("/{res_type}/{res_id}")
@@ -193,6 +217,7 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
 
     @router.get("/{res_type}/{res_id}/_history")
     async def history_instance(request: Request, res_type: str, res_id: str) -> Response:
+        taken = note(request, Interaction.HISTORY_INSTANCE, requested=f"{res_type}/{res_id}")
         pretty = check_format(request)
         gateway = await runtime.ready_gateway()
         bundle = await gateway.history(
@@ -202,19 +227,26 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
             query=query_of(request),
             base=base_of(request),
         )
-        return FhirResponse(bundle, pretty=pretty)
+        return bundle_response(taken, bundle, pretty)
 
     @router.get("/{res_type}/{res_id}/_history/{version_id}")
     async def vread(request: Request, res_type: str, res_id: str, version_id: str) -> Response:
+        taken = note(request, Interaction.VREAD, requested=f"{res_type}/{res_id}/_history/{version_id}")
         pretty = check_format(request)
         known_type(res_type)
         gateway = await runtime.ready_gateway()
         version = await gateway.vread(
             res_type, check_id(res_id), parse_version(version_id), runtime.context(request)
         )
+        taken.returned([version.resource()])
         return read_response(request, version, pretty)
 
     return router
+
+
+def bundle_response(taken: Note, bundle: Resource, pretty: bool) -> Response:
+    taken.returned(e["resource"] for e in bundle.get("entry", []) if isinstance(e.get("resource"), dict))
+    return FhirResponse(bundle, pretty=pretty)
 
 
 def conditional_url(request: Request, res_type: str) -> str:

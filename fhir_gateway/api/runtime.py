@@ -14,6 +14,8 @@ from typing import Any
 import structlog
 from fastapi import Request
 
+from fhir_gateway.audit.events import AuditSource
+from fhir_gateway.audit.writer import AuditLog
 from fhir_gateway.auth.tokens import context_from_token
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import GatewayError, Unauthorized
@@ -29,6 +31,12 @@ class Runtime:
         self.settings = settings
         self.store = Store(settings.database_url)
         self.gateway = Gateway(settings, self.store)
+        self.audit = AuditLog(
+            self.store,
+            settings.audit,
+            source=AuditSource.from_settings(settings),
+            prepare=self.ensure_schema,
+        )
         self._migrated = not settings.run_migrations
         self._lock = asyncio.Lock()
 
@@ -37,6 +45,7 @@ class Runtime:
             await self.ensure_schema()
         except GatewayError:
             log.warning("database_unavailable_at_start")
+        await self.audit.start()
 
     async def ensure_schema(self) -> None:
         if self._migrated:
@@ -47,6 +56,7 @@ class Runtime:
                 self._migrated = True
 
     async def stop(self) -> None:
+        await self.audit.stop()  # flushes every queued AuditEvent before the store goes away
         await self.store.dispose()
 
     @asynccontextmanager
@@ -74,6 +84,8 @@ class Runtime:
         return self.gateway
 
     def context(self, request: Request) -> RequestContext:
+        """The caller of this request (kept on request.state, where the audit record finds it)."""
+        request.state.fhir_runtime = self
         header = request.headers.get("authorization")
         request_id = request.headers.get("x-request-id")
         if header:
@@ -87,4 +99,5 @@ class Runtime:
             raise Unauthorized("This server needs an access token: Authorization: Bearer <token>")
         if request_id:
             ctx.request_id = request_id[:64]
+        request.state.fhir_ctx = ctx
         return ctx

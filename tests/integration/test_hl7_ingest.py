@@ -171,7 +171,8 @@ async def test_http_post_duplicate_and_media_types(app: FastAPI, http: httpx.Asy
         "Patient", stable_id("Patient", "HOSP", "P7"), RequestContext.system("t")
     )
     assert patient.version_id == 1  # the duplicate was not applied again
-    update = await http.post("/hl7v2", content=adt("H2", "P7"), headers={"content-type": "text/plain"})
+    changed = adt("H2", "P7").replace("19800215", "19800216")  # the sender corrects the birth date
+    update = await http.post("/hl7v2", content=changed, headers={"content-type": "text/plain"})
     assert msa(update.text)[1] == "AA"
     patient = await runtime.gateway.read(
         "Patient", stable_id("Patient", "HOSP", "P7"), RequestContext.system("t")

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fhir_gateway.api.runtime import Runtime
-from fhir_gateway.cli import ConfigOpt, DbOpt, settings_from
+from fhir_gateway.cli_options import ConfigOpt, DbOpt, settings_from
 from fhir_gateway.errors import GatewayError
 from fhir_gateway.ingest.hl7v2 import store as hl7_store
 from fhir_gateway.ingest.hl7v2.ack import Outcome
