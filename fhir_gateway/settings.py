@@ -91,6 +91,18 @@ class SecuritySettings(_Section):
     audience: str = "fhir-gateway"
     token_minutes: int = Field(default=60, gt=0)
     jwks_url: str | None = None  # the IdP's key set; production tokens are verified against it
+    algorithms: tuple[str, ...] = ("RS256", "ES256")  # accepted for IdP tokens (RS*/PS*/ES* only)
+    allow_hs256: bool = False  # HS256 (signing_key) tokens outside development
+    clock_skew_seconds: int = Field(default=60, ge=0, le=600)
+    roles_claim: str = "roles"  # claim holding the roles; a dotted path such as realm_access.roles works
+    jwks_min_refresh_seconds: float = Field(
+        default=30.0, ge=0
+    )  # refetch on an unknown kid at most this often
+    jwks_max_age_seconds: float = Field(default=3600.0, gt=0)
+    token_cache_seconds: float = Field(default=60.0, ge=0)  # verified tokens remembered (0: off)
+    authorization_endpoint: str | None = None  # advertised in .well-known/smart-configuration
+    token_endpoint: str | None = None
+    smart_capabilities: tuple[str, ...] | None = None
     # Development and tests only: a request without a token acts as an unrestricted administrator.
     # Off by default, and production refuses it.
     allow_anonymous: bool = False
@@ -117,6 +129,8 @@ class DicomSettings(_Section):
 class PrivacySettings(_Section):
     """Consent and break-glass policy (DESIGN.md "Privacy model")."""
 
+    label_rules: str | None = None  # a label rule file; null = the packaged labels-v1
+    clearance_rules: str | None = None  # a clearance rule file; null = the packaged clearance-v1
     # With no active patient-privacy Consent: permit (opt-out jurisdictions) or deny (opt-in).
     consent_default: Literal["permit", "deny"] = "permit"
     consent_cache_seconds: float = Field(default=2.0, ge=0, le=60)  # how stale consent decisions may be
@@ -145,7 +159,10 @@ class ValidationSettings(_Section):
     invariants: bool = True  # evaluate the FHIRPath constraints
 
 
-DEFAULT_PIPELINE = ("fhir_gateway.validation.stage:validation_stage",)
+DEFAULT_PIPELINE = (
+    "fhir_gateway.validation.stage:validation_stage",
+    "fhir_gateway.privacy.labels:labels_stage",
+)
 
 
 class Settings(_Section):

@@ -128,6 +128,8 @@ class EntryProcessor:
                         self._alias(plan, t.res_type, plan.assigned_id)
                         continue
                 plan.assigned_id = str(uuid.uuid4())
+                if isinstance(plan.resource, dict):
+                    plan.resource["id"] = plan.assigned_id  # stages see the final id (label propagation)
                 self._alias(plan, t.res_type, plan.assigned_id)
             elif plan.method == "PUT" and t.res_type:
                 if t.res_id:

@@ -11,6 +11,7 @@ from fhir_gateway.api.metrics import MetricsMiddleware
 from fhir_gateway.api.rest import build_router
 from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.audit.api import build_audit_router
+from fhir_gateway.auth.smart import build_smart_router
 from fhir_gateway.logs import configure_logging
 from fhir_gateway.settings import Settings, load_settings
 from fhir_gateway.validation.api import build_validate_router
@@ -29,6 +30,7 @@ def fhir_router(
     """
     runtime = runtime or Runtime(settings or load_settings())
     router = APIRouter(lifespan=runtime.lifespan)
+    router.include_router(build_smart_router(runtime, prefix))
     router.include_router(build_validate_router(runtime, prefix))
     router.include_router(build_audit_router(runtime, prefix, runtime.audit))
     router.include_router(build_router(runtime, prefix))

@@ -16,7 +16,7 @@ from fastapi import Request
 
 from fhir_gateway.audit.events import AuditSource
 from fhir_gateway.audit.writer import AuditLog
-from fhir_gateway.auth.tokens import context_from_token
+from fhir_gateway.auth.verifier import TokenVerifier
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import GatewayError, Unauthorized
 from fhir_gateway.gateway import Gateway
@@ -31,6 +31,7 @@ class Runtime:
         self.settings = settings
         self.store = Store(settings.database_url)
         self.gateway = Gateway(settings, self.store)
+        self.verifier = TokenVerifier(settings)
         self.audit = AuditLog(
             self.store,
             settings.audit,
@@ -92,7 +93,7 @@ class Runtime:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise Unauthorized("Use Authorization: Bearer <token>")
-            ctx = context_from_token(self.settings, token.strip())
+            ctx = self.verifier.verify(token.strip())
         elif self.settings.security.allow_anonymous:
             ctx = RequestContext(subject="anonymous", roles=("admin",), scopes=("system/*.*",))
         else:

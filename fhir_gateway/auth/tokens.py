@@ -1,8 +1,11 @@
-"""Development tokens (HS256 with the configured signing key) and their verification.
+"""Development tokens (`fhir-gateway token`) and the one-call verification used by scripts and tests.
 
-The server accepts these only where the signing key is configured; production refuses to start with
-the development key (settings.py), so a token minted with it is never honoured there. JWKS/RS256 for
-real identity providers plugs in here with the access-control work.
+`mint_token` signs HS256 with `security.signing_key`. It refuses in production, where tokens come
+from the identity provider and are verified against its JWK Set; the verifier accepts HS256 only in
+development or where `security.allow_hs256` is set (auth/verifier.py).
+
+`context_from_token(settings, token)` builds a verifier per call, so it keeps no JWKS cache between
+calls; a server holds one `TokenVerifier` instead.
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from typing import Any
 
 import jwt
 
+from fhir_gateway.auth.claims import RELATIVE_REFERENCE
+from fhir_gateway.auth.verifier import HMAC_ALGORITHM, TokenVerifier
 from fhir_gateway.context import RequestContext
-from fhir_gateway.errors import Unauthorized
 from fhir_gateway.settings import Settings
 
-ALGORITHM = "HS256"
-CLOCK_SKEW_SECONDS = 30
+ALGORITHM = HMAC_ALGORITHM
+
+
+class MintRefused(ValueError):
+    """Minting development tokens is not allowed in this environment."""
 
 
 def mint_token(
@@ -33,8 +40,11 @@ def mint_token(
     fhir_user: str | None = None,
     minutes: int | None = None,
 ) -> str:
+    """A signed token with the claims the interface contract promises (see `fhir-gateway token`)."""
+    if settings.environment == "production":
+        raise MintRefused("production tokens come from the identity provider; refusing to mint one")
     now = int(time.time())
-    if fhir_user is None and "/" in sub:
+    if fhir_user is None and RELATIVE_REFERENCE.fullmatch(sub):
         fhir_user = sub  # `--sub Practitioner/123` is a FHIR reference: it is the fhirUser too
     claims: dict[str, Any] = {
         "iss": settings.security.issuer,
@@ -57,31 +67,5 @@ def mint_token(
 
 
 def context_from_token(settings: Settings, token: str) -> RequestContext:
-    """Verify signature, issuer, audience, expiry and subject; any failure is a 401 without detail leaks."""
-    try:
-        claims = jwt.decode(
-            token,
-            settings.security.signing_key.get_secret_value(),
-            algorithms=[ALGORITHM],
-            audience=settings.security.audience,
-            issuer=settings.security.issuer,
-            leeway=CLOCK_SKEW_SECONDS,
-            options={"require": ["exp", "sub", "iss", "aud"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized("The access token has expired") from None
-    except jwt.InvalidTokenError as exc:
-        raise Unauthorized(f"The access token is not valid ({type(exc).__name__})") from None
-    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-        raise Unauthorized("The access token has no subject")
-    purpose = claims.get("purpose_of_use", ())
-    return RequestContext(
-        subject=claims["sub"],
-        roles=tuple(str(r) for r in claims.get("roles", ()) if isinstance(r, str)),
-        scopes=tuple(str(claims.get("scope", "")).split()),
-        patient=claims.get("patient"),
-        purpose_of_use=(purpose,) if isinstance(purpose, str) else tuple(purpose),
-        fhir_user=claims.get("fhirUser"),
-        jti=claims.get("jti"),
-        claims=claims,
-    )
+    """Verify a token (any accepted algorithm) and return its context; failures are `Unauthorized`."""
+    return TokenVerifier(settings).verify(token)

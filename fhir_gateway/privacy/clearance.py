@@ -15,17 +15,19 @@ data only). A resource with no confidentiality code counts as N (the label stage
 both forms agree on whenever N is visible — true of every grant that sees anything by default.
 
 A break-glass grant (`break_glass=True`, decided by privacy/breakglass.py for one patient) clears
-everything; the token's BTG purpose alone does not.
+everything except the sensitivity codes passed as `break_glass_exceptions` (settings
+`privacy.break_glass_exceptions`: 42 CFR Part 2 records stay closed); the token's BTG purpose alone
+clears nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -38,6 +40,9 @@ from fhir_gateway.privacy.labels import (
     LEGACY_CONFIDENTIALITY_SENSITIVITY,
     SENSITIVITY_CODES,
 )
+
+if TYPE_CHECKING:
+    from fhir_gateway.settings import Settings
 
 DEFAULT_POLICY = "clearance-v1.yaml"
 ALL = "*"
@@ -79,15 +84,7 @@ class Clearance:
 
     def hidden(self) -> frozenset[Label]:
         """The (system, code) labels that hide a resource from this caller."""
-        top = -1 if self.max_confidentiality is None else CONFIDENTIALITY_RANK[self.max_confidentiality]
-        hidden = {(CONFIDENTIALITY_SYSTEM, c) for c in CONFIDENTIALITY_ORDER if CONFIDENTIALITY_RANK[c] > top}
-        if self.sensitivity is not None:
-            blocked = SENSITIVITY_CODES - self.sensitivity
-            hidden |= {(ACT_CODE_SYSTEM, code) for code in blocked}
-            hidden |= {
-                (CONFIDENTIALITY_SYSTEM, code) for code in blocked & LEGACY_CONFIDENTIALITY_SENSITIVITY
-            }
-        return frozenset(hidden)
+        return _hidden(self)
 
     def sees(self, labels: Iterable[Any]) -> bool:
         """Whether a resource with these meta.security codings is visible to this caller."""
@@ -98,6 +95,18 @@ class Clearance:
             if isinstance(coding, dict) and (coding.get("system"), coding.get("code")) in hidden:
                 return False
         return True
+
+
+@lru_cache(maxsize=256)
+def _hidden(clearance: Clearance) -> frozenset[Label]:
+    """Computed once per distinct clearance: there are only as many as role × purpose combinations."""
+    top = -1 if clearance.max_confidentiality is None else CONFIDENTIALITY_RANK[clearance.max_confidentiality]
+    hidden = {(CONFIDENTIALITY_SYSTEM, c) for c in CONFIDENTIALITY_ORDER if CONFIDENTIALITY_RANK[c] > top}
+    if clearance.sensitivity is not None:
+        blocked = SENSITIVITY_CODES - clearance.sensitivity
+        hidden |= {(ACT_CODE_SYSTEM, code) for code in blocked}
+        hidden |= {(CONFIDENTIALITY_SYSTEM, code) for code in blocked & LEGACY_CONFIDENTIALITY_SENSITIVITY}
+    return frozenset(hidden)
 
 
 EVERYTHING = Clearance("V", None)
@@ -116,9 +125,12 @@ class ClearancePolicy:
             found.extend(self.subjects.get(who, ()))
         return [g for g in found if g.applies(ctx.purpose_of_use)]
 
-    def clearance(self, ctx: RequestContext, *, break_glass: bool = False) -> Clearance:
+    def clearance(
+        self, ctx: RequestContext, *, break_glass: bool = False, break_glass_exceptions: Iterable[str] = ()
+    ) -> Clearance:
         if break_glass:
-            return EVERYTHING
+            kept_closed = frozenset(break_glass_exceptions) & SENSITIVITY_CODES
+            return Clearance("V", SENSITIVITY_CODES - kept_closed) if kept_closed else EVERYTHING
         grants = self.grants_for(ctx)
         identified = [g for g in grants if not g.deidentified]
         chosen = identified or grants  # identified access wins; de-identified only if nothing else
@@ -142,8 +154,8 @@ class ClearancePolicy:
             raise ClearanceRulesError(f"{origin}: `version` is required (e.g. clearance-v1)")
         return cls(
             version,
-            _grant_table(data.get("roles") or {}, f"{origin}: roles"),
-            _grant_table(data.get("subjects") or {}, f"{origin}: subjects"),
+            _grant_table(data.get("roles", {}), f"{origin}: roles"),
+            _grant_table(data.get("subjects", {}), f"{origin}: subjects"),
         )
 
     @classmethod
@@ -173,6 +185,8 @@ def _parse(text: str, origin: str) -> ClearancePolicy:
 
 
 def _grant_table(raw: Any, where: str) -> dict[str, tuple[Grant, ...]]:
+    if raw is None:
+        return {}  # `subjects:` with nothing after it
     if not isinstance(raw, dict):
         raise ClearanceRulesError(f"{where}: must map names to lists of grants")
     table = {}
@@ -207,10 +221,22 @@ def _grant(raw: Any, where: str) -> Grant:
 
 
 # ---- the functions the PDP calls ------------------------------------------------------------------
+def clearance_policy(settings: Settings) -> ClearancePolicy:
+    """The policy configured in `privacy.clearance_rules`, else the packaged clearance-v1."""
+    privacy = getattr(settings, "privacy", None)
+    return ClearancePolicy.load(getattr(privacy, "clearance_rules", None))
+
+
 def clearance_for(
-    ctx: RequestContext, *, policy: ClearancePolicy | None = None, break_glass: bool = False
+    ctx: RequestContext,
+    *,
+    policy: ClearancePolicy | None = None,
+    break_glass: bool = False,
+    break_glass_exceptions: Iterable[str] = (),
 ) -> Clearance:
-    return (policy or ClearancePolicy.load()).clearance(ctx, break_glass=break_glass)
+    return (policy or ClearancePolicy.load()).clearance(
+        ctx, break_glass=break_glass, break_glass_exceptions=break_glass_exceptions
+    )
 
 
 def cleared(
@@ -219,27 +245,45 @@ def cleared(
     *,
     policy: ClearancePolicy | None = None,
     break_glass: bool = False,
+    break_glass_exceptions: Iterable[str] = (),
 ) -> bool:
     """Whether `ctx` may see a resource whose meta.security holds `labels` (coding dicts)."""
-    return clearance_for(ctx, policy=policy, break_glass=break_glass).sees(labels)
+    found = clearance_for(
+        ctx, policy=policy, break_glass=break_glass, break_glass_exceptions=break_glass_exceptions
+    )
+    return found.sees(labels)
 
 
 def hidden_security_labels(
-    ctx: RequestContext, *, policy: ClearancePolicy | None = None, break_glass: bool = False
+    ctx: RequestContext,
+    *,
+    policy: ClearancePolicy | None = None,
+    break_glass: bool = False,
+    break_glass_exceptions: Iterable[str] = (),
 ) -> frozenset[Label]:
     """(system, code) pairs whose presence in `_security` hides a resource from `ctx`."""
-    return clearance_for(ctx, policy=policy, break_glass=break_glass).hidden()
+    found = clearance_for(
+        ctx, policy=policy, break_glass=break_glass, break_glass_exceptions=break_glass_exceptions
+    )
+    return found.hidden()
 
 
 def hidden_labels(
-    ctx: RequestContext, *, policy: ClearancePolicy | None = None, break_glass: bool = False
+    ctx: RequestContext,
+    *,
+    policy: ClearancePolicy | None = None,
+    break_glass: bool = False,
+    break_glass_exceptions: Iterable[str] = (),
 ) -> set[str]:
     """The label codes (confidentiality letters and ActCode sensitivity codes) `ctx` may not see.
 
     Codes only: the legacy v3-Confidentiality spellings of ETH/HIV/PSY/SDV need
     `hidden_security_labels`, which gives (system, code) pairs.
     """
-    return {code for _, code in hidden_security_labels(ctx, policy=policy, break_glass=break_glass)}
+    pairs = hidden_security_labels(
+        ctx, policy=policy, break_glass=break_glass, break_glass_exceptions=break_glass_exceptions
+    )
+    return {code for _, code in pairs}
 
 
 def deidentified_only(ctx: RequestContext, *, policy: ClearancePolicy | None = None) -> bool:

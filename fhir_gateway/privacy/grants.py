@@ -15,7 +15,7 @@ from dataclasses import replace
 from fhir_gateway.auth.scopes import parse_scopes
 from fhir_gateway.context import RequestContext
 from fhir_gateway.privacy.access import AccessPolicy, Grants
-from fhir_gateway.privacy.clearance import hidden_labels
+from fhir_gateway.privacy.clearance import clearance_for, clearance_policy
 from fhir_gateway.privacy.consent import Provision, for_request
 from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.settings import Settings
@@ -54,8 +54,19 @@ async def grants_for(ctx: RequestContext, settings: Settings, consents: ConsentC
             if interaction[0] not in allowed:  # read→r, search→s, create→c, update→u, delete→d
                 types[interaction] = frozenset()
     patient = ctx.patient if patient_level and ctx.patient else None
-    hidden = frozenset((_label_system(code), code) for code in hidden_labels(ctx))
-    grants = Grants(types, patient=patient, hidden=hidden)
+    clearance = clearance_for(ctx, policy=clearance_policy(settings))
+    if clearance.sees_nothing or clearance.deidentified_only:
+        # No clearance at all (unknown role, no purpose where one is required), or researchers, who
+        # may only have de-identified data, which plain reads never are: nothing is readable.
+        types["read"] = types["search"] = frozenset()
+    hidden = clearance.hidden()
+    exceptions = set(settings.privacy.break_glass_exceptions)
+    grants = Grants(
+        types,
+        patient=patient,
+        hidden=hidden,
+        override_exceptions=frozenset(label for label in hidden if label[1] in exceptions),
+    )
     if CONSENT_BYPASS & set(ctx.roles):
         return grants  # admin and privacy officer see everything (and are audited)
     return await _with_consents(grants, ctx, settings, consents)
@@ -90,15 +101,6 @@ async def _with_consents(
 
 def _may_withhold(tree: Provision) -> bool:
     return tree.type == "deny" or bool(tree.masks) or any(_may_withhold(c) for c in tree.children)
-
-
-CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-
-
-def _label_system(code: str) -> str:
-    """Confidentiality codes are single letters (U L M N R V); sensitivity codes are v3 ActCode."""
-    return CONFIDENTIALITY if code in ("U", "L", "M", "N", "R", "V") else ACT_CODE
 
 
 def _scope_types(scopes: tuple[str, ...]) -> tuple[dict[str, frozenset[str] | None], bool]:

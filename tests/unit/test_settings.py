@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from fhir_gateway.settings import (
+    DEFAULT_PIPELINE,
     DEV_ENCRYPTION_KEY,
     DEV_SIGNING_KEY,
     ENV_PREFIX,
@@ -50,7 +51,7 @@ def test_no_file_and_no_environment_gives_the_model_defaults() -> None:
     assert settings.database_url == "sqlite+aiosqlite:///./data/fhir-gateway.db"
     assert settings.mllp_port is None and settings.dicom_port is None and settings.dicom_ae_title == "FHIRGW"
     assert (
-        settings.pipeline == ("fhir_gateway.validation.stage:validation_stage",)
+        settings.pipeline == DEFAULT_PIPELINE and len(DEFAULT_PIPELINE) == 2
         and settings.run_migrations
         and settings.search_handling == "lenient"
     )
