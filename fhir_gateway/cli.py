@@ -48,8 +48,6 @@ def serve(
     settings = settings_from(
         config, host=host, port=port, database_url=database_url, mllp_port=mllp_port, dicom_port=dicom_port
     )
-    if settings.dicom_port is not None:
-        err.print("[yellow]warning:[/yellow] the DICOM listener is not part of this build yet; port ignored")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
 
 

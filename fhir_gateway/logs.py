@@ -13,6 +13,8 @@ _log = structlog.get_logger("fhir_gateway.http")
 
 
 def configure_logging(level: str = "INFO") -> None:
+    # pydicom's warnings quote element values, and a value can be PHI: only its errors are logged.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from fhir_gateway import __version__
+from fhir_gateway.api.dicomweb import build_dicomweb_router
 from fhir_gateway.api.health import build_health_router
 from fhir_gateway.api.hl7v2 import build_hl7_router
 from fhir_gateway.api.metrics import MetricsMiddleware
@@ -46,5 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(build_health_router(runtime))
     app.include_router(fhir_router(runtime=runtime))
     app.include_router(build_hl7_router(runtime))
+    app.include_router(build_dicomweb_router(runtime, ingester=runtime.dicom))
     app.add_middleware(MetricsMiddleware)
     return app

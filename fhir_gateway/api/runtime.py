@@ -20,6 +20,7 @@ from fhir_gateway.auth.verifier import TokenVerifier
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import GatewayError, Unauthorized
 from fhir_gateway.gateway import Gateway
+from fhir_gateway.ingest.dicom.ingest import DicomIngester
 from fhir_gateway.settings import Settings
 from fhir_gateway.store.store import Store
 
@@ -32,6 +33,7 @@ class Runtime:
         self.store = Store(settings.database_url)
         self.gateway = Gateway(settings, self.store)
         self.verifier = TokenVerifier(settings)
+        self.dicom = DicomIngester.from_settings(self.gateway, settings)  # one per server: per-study locks
         self.audit = AuditLog(
             self.store,
             settings.audit,
@@ -73,11 +75,16 @@ class Runtime:
 
     def services(self) -> list[AbstractAsyncContextManager[Any]]:
         """The listeners and background workers that live as long as the server (in start order)."""
+        from fhir_gateway.ingest.dicom.scp import dicom_listener
         from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
 
         found: list[AbstractAsyncContextManager[Any]] = []
         if self.settings.mllp_port is not None:
             found.append(mllp_listener(self, self.settings.host, self.settings.mllp_port))
+        if self.settings.dicom_port is not None:
+            found.append(
+                dicom_listener(self, self.settings.host, self.settings.dicom_port, ingester=self.dicom)
+            )
         return found
 
     async def ready_gateway(self) -> Gateway:

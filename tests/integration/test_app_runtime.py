@@ -106,3 +106,31 @@ async def test_mllp_listener_runs_with_the_server(tmp_path: Path) -> None:
         assert "MSA|AA|M1" in ack
         found = (await client.get("/fhir/Patient", params={"identifier": "9"})).json()
         assert found["total"] == 1
+
+
+async def test_dicom_listener_runs_with_the_server(tmp_path: Path) -> None:
+    """--dicom-port starts the C-STORE SCP with the server; a C-ECHO from a real SCU is answered."""
+    import asyncio
+    import socket
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path}/scp.db", dicom_port=port, dicom={"blob_path": str(tmp_path / "b")}
+    )
+
+    def echo() -> int:
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="FHIRGW")
+        assert assoc.is_established
+        status = assoc.send_c_echo()
+        assoc.release()
+        return int(status.Status)
+
+    async for _client in open_client(settings):
+        assert await asyncio.to_thread(echo) == 0x0000

@@ -135,3 +135,30 @@ def test_ingest_hl7_files_through_the_receiver(tmp_path: Path) -> None:
     assert asyncio.run(patient_versions()) == [1]  # same patient data twice: no empty new version
     errors = runner.invoke(app, ["hl7", "errors", "--database-url", url])
     assert errors.exit_code == 0 and "X1" in errors.output
+
+
+def test_ingest_a_dicom_folder_and_a_broken_file(tmp_path: Path) -> None:
+    """A folder of suffix-less Part 10 files becomes ImagingStudies; a broken file is one red line."""
+    import shutil
+
+    import pydicom
+
+    source = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "77654033"
+    folder = tmp_path / "study"
+    shutil.copytree(source / "CR1", folder / "CR1")
+    (folder / "broken").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")  # a preamble, then nothing
+    url = f"sqlite+aiosqlite:///{tmp_path}/dicom.db"
+    env = {"FHIR_GATEWAY_DICOM__BLOB_PATH": str(tmp_path / "blobs")}
+    result = runner.invoke(app, ["ingest", str(folder), "--database-url", url], env=env)
+    assert result.exit_code == 1, result.output
+    assert "broken" in result.output and "CR1" not in result.output
+
+    async def studies() -> int:
+        store = Store(url)
+        try:
+            return (await store.history(res_type="ImagingStudy", count=10))[1]
+        finally:
+            await store.dispose()
+
+    assert asyncio.run(studies()) == 1
+    assert any((tmp_path / "blobs").rglob("*.dcm"))

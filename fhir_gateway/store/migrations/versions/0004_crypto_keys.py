@@ -1,7 +1,7 @@
 """crypto_keys: wrapped data-encryption keys per key version (PHI field encryption)
 
 Revision ID: 0004
-Revises: 0003
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"  # lead: 0003 (dicom) goes between when it lands
+down_revision = "0002"  # there is no 0003: DICOM ingest needed no table of its own
 branch_labels = None
 depends_on = None
 
