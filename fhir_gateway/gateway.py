@@ -17,13 +17,24 @@ from urllib.parse import parse_qsl
 from sqlalchemy import Select
 
 from fhir_gateway.context import RequestContext
+from fhir_gateway.crypto.errors import DecryptionFailed
+from fhir_gateway.crypto.fields import MARKER_URL
+from fhir_gateway.crypto.service import PhiCrypto
 from fhir_gateway.definitions.search_parameters import resource_types
-from fhir_gateway.errors import BadRequest, GatewayError, Gone, MethodNotAllowed, NotFound
+from fhir_gateway.errors import (
+    BadRequest,
+    GatewayError,
+    Gone,
+    Issue,
+    MethodNotAllowed,
+    NotFound,
+    operation_outcome,
+)
 from fhir_gateway.fhir.dates import date_range, format_instant
 from fhir_gateway.fhir.json import Resource, dumps
 from fhir_gateway.fhir.requests import RequestTarget, parse_target
 from fhir_gateway.pipeline.stage import Pipeline
-from fhir_gateway.privacy.access import AccessPolicy, Interaction
+from fhir_gateway.privacy.access import PERMIT, AccessPolicy, Decision, Interaction
 from fhir_gateway.privacy.compartment import compartment_rows
 from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.privacy.grants import policy_for
@@ -43,6 +54,8 @@ WRITE_INTERACTIONS: dict[str, Interaction] = {
     "PATCH": "update",
     "DELETE": "delete",
 }
+# Stored content holding encrypted PHI carries the marker extension: without it there is nothing to open.
+ENCRYPTED_MARK = MARKER_URL.encode()
 CommitHook = Callable[[Transaction, list[EntryResult]], Awaitable[None]]
 
 
@@ -53,6 +66,15 @@ class Gateway:
         self.pipeline = pipeline if pipeline is not None else Pipeline.from_settings(settings)
         self.types = resource_types()
         self.consents = ConsentCache(store, settings.privacy.consent_cache_seconds)
+        self.crypto = PhiCrypto.from_settings(settings)
+        self._crypto_started = self.crypto is None
+
+    async def ensure_crypto(self) -> None:
+        """Load (on first use: create) the PHI key ring; before any write transaction opens, since
+        creating the first key version takes a transaction of its own."""
+        if not self._crypto_started and self.crypto is not None:
+            await self.crypto.start(self.store)
+            self._crypto_started = True
 
     # ---- write path -----------------------------------------------------------------------------
     async def submit(
@@ -98,6 +120,7 @@ class Gateway:
         policy = await self.policy(ctx)
         for plan in writes:
             self._authorize_write(policy, plan, None if single else plan.index)
+        await self.ensure_crypto()
         async with self.store.transaction() as tx:
             processor = EntryProcessor(self, tx, ctx, bundle, single=single)
             await processor.assign_ids(writes)
@@ -124,6 +147,7 @@ class Gateway:
             if plan.method in ("GET", "HEAD"):
                 return await self.get_entry(plan.target, ctx)
             self._authorize_write(await self.policy(ctx), plan, plan.index)
+            await self.ensure_crypto()
             async with self.store.transaction() as tx:
                 processor = EntryProcessor(self, tx, ctx, bundle)
                 await processor.assign_ids([plan])
@@ -225,7 +249,7 @@ class Gateway:
             )
         return body
 
-    def conditional_query(
+    async def conditional_query(
         self, res_type: str, query: str | Sequence[tuple[str, str]], where: str, ctx: RequestContext
     ) -> Select[Any]:
         """The current resources a conditional create/update/delete/reference selects (at most 2).
@@ -237,6 +261,8 @@ class Gateway:
         if not raw:
             raise BadRequest("A conditional request needs search parameters", expression=where)
         parsed = parse_search(res_type, raw, strict=True, default_count=2, max_count=2)
+        if self.crypto is not None:
+            parsed = await self.crypto.protect_search(self.store, parsed)
         assert ctx.policy is not None, "the submit compiles the caller's policy before any query"
         visible = ctx.policy.visible
         return select_current().where(where_clause(parsed, visible=visible)).limit(2)
@@ -248,21 +274,22 @@ class Gateway:
     async def read(self, res_type: str, res_id: str, ctx: RequestContext) -> StoredVersion:
         policy = await self.policy(ctx)
         policy.require(res_type, "read")
-        return self._check_visible(policy, await self.store.read(res_type, res_id), res_type, "Resource")
+        version = await self.store.read(res_type, res_id)
+        return await self._check_visible(policy, version, res_type, "Resource")
 
     async def vread(self, res_type: str, res_id: str, version_id: int, ctx: RequestContext) -> StoredVersion:
         policy = await self.policy(ctx)
         policy.require(res_type, "read")
         version = await self.store.vread(res_type, res_id, version_id)
-        return self._check_visible(policy, version, res_type, "Version")
+        return await self._check_visible(policy, version, res_type, "Version")
 
-    def _check_visible(
+    async def _check_visible(
         self, policy: AccessPolicy, version: StoredVersion | None, res_type: str, what: str
     ) -> StoredVersion:
         """404 for what is missing *or hidden* (the same answer, so no existence oracle); 410 after a
         delete only for callers who could have seen the resource anyway."""
         if version is not None and not version.deleted:
-            version = self.shown(policy, version)
+            version = await self.present(policy, version)
         if version is None or (version.deleted and policy.restricted):
             raise NotFound(f"{what} not found", expression=res_type)
         if version.deleted:
@@ -273,20 +300,56 @@ class Gateway:
         return version
 
     @staticmethod
-    def shown(policy: AccessPolicy, version: StoredVersion) -> StoredVersion | None:
-        """The version as this caller may see it: None when denied, masked when a consent withholds
-        elements, untouched otherwise (and without parsing when nothing can be hidden)."""
+    def decision(policy: AccessPolicy, version: StoredVersion) -> Decision:
+        """The policy decision for one stored version (from its stored form: the facts it needs —
+        labels, references, codes — are never encrypted)."""
         if not policy.restricted or version.deleted:
-            return version
+            return PERMIT
         resource = version.resource()
         rows = extract(resource)
         rows.references.extend(compartment_rows(version.res_type, version.res_id, rows))
-        decision = policy.decide(version.res_type, version.res_id, version.version_id, rows)
+        return policy.decide(version.res_type, version.res_id, version.version_id, rows)
+
+    async def present(self, policy: AccessPolicy, version: StoredVersion) -> StoredVersion | None:
+        """The version as this caller may see it: None when denied; otherwise decrypted (only now,
+        after the decision) and masked where a consent withholds elements."""
+        decision = self.decision(policy, version)
         if not decision.permitted:
             return None
+        if version.deleted or version.content is None:
+            return version
+        sealed = self.crypto is not None and ENCRYPTED_MARK in version.content
+        if not (sealed or decision.masks):
+            return version
+        resource = await self.plaintext(version)
         if decision.masks:
-            return replace(version, content=dumps(redact(resource, decision.masks)))
-        return version
+            resource = redact(resource, decision.masks)
+        return replace(version, content=dumps(resource))
+
+    async def plaintext(self, version: StoredVersion) -> Resource:
+        """A stored version's resource, PHI decrypted (for the write path's own needs: PATCH bases,
+        no-change checks, conditional-create answers)."""
+        resource = version.resource()
+        if self.crypto is not None and version.content is not None and ENCRYPTED_MARK in version.content:
+            resource = await self.crypto.open(self.store, resource, version.res_type, version.res_id)
+        return resource
+
+    async def present_all(
+        self, policy: AccessPolicy, versions: list[StoredVersion]
+    ) -> tuple[list[StoredVersion], list[Issue]]:
+        """`present` for a page of results; a resource that cannot be decrypted becomes an issue
+        (and the rest of the page is still answered), never wrong or partial data."""
+        shown: list[StoredVersion] = []
+        problems: list[Issue] = []
+        for version in versions:
+            try:
+                presented = await self.present(policy, version)
+            except DecryptionFailed as exc:
+                problems.extend(exc.issues)
+                continue
+            if presented is not None:
+                shown.append(presented)
+        return shown, problems
 
     async def get_entry(self, target: RequestTarget, ctx: RequestContext, *, base: str = "") -> EntryResult:
         """A GET inside a batch/transaction, through the same read path as REST."""
@@ -330,7 +393,7 @@ class Gateway:
             policy.require(res_type, "read" if res_id is not None else "search")
         if res_id is not None and res_type is not None:
             current = await self.store.read(res_type, res_id)
-            if current is not None and (current.deleted or self.shown(policy, current) is not None):
+            if current is not None and (current.deleted or self.decision(policy, current).permitted):
                 current = None if current.deleted and policy.restricted else current
             else:
                 current = None
@@ -350,7 +413,12 @@ class Gateway:
         )
         path = "/".join(p for p in (res_type, res_id) if p) + ("/_history" if res_type else "_history")
         keep = [(k, v) for k, v in query if k == "_since"] + [("_before", repr(before))]
-        entries = [_history_entry(v, self.shown(policy, v), base) for v in versions]
+        shown, problems = await self.present_all(policy, versions)
+        visible = {(v.res_type, v.res_id, v.version_id): v for v in shown}
+        entries = [
+            _history_entry(v, visible.get((v.res_type, v.res_id, v.version_id)), base) for v in versions
+        ]
+        entries += _outcome_entries(problems)
         return {
             "resourceType": "Bundle",
             "type": "history",
@@ -372,8 +440,7 @@ class Gateway:
         versions, total = await searching.compartment(
             self.store, patient.res_id, count=count, offset=offset, visible=policy.visible
         )
-        if policy.masking:
-            versions = self._masked(policy, versions)
+        versions, problems = await self.present_all(policy, versions)
         url = f"{base}/Patient/{patient.res_id}/$everything"
         return {
             "resourceType": "Bundle",
@@ -387,7 +454,8 @@ class Gateway:
                     "search": {"mode": "match"},
                 }
                 for v in versions
-            ],
+            ]
+            + _outcome_entries(problems),
         }
 
     async def search(
@@ -409,15 +477,22 @@ class Gateway:
         )
         policy = await self.policy(ctx)
         policy.require(res_type, "search")
+        if self.crypto is not None:
+            await self.ensure_crypto()
+            parsed = await self.crypto.protect_search(self.store, parsed)
         page = await searching.run(self.store, parsed, visible=policy.visible)
-        if policy.masking:
-            page.matches = self._masked(policy, page.matches)
-            page.includes = self._masked(policy, page.includes)
-        return searching.bundle(parsed, page, base)
+        page.matches, problems = await self.present_all(policy, page.matches)
+        page.includes, more = await self.present_all(policy, page.includes)
+        bundle = searching.bundle(parsed, page, base)
+        bundle["entry"] += _outcome_entries(problems + more)
+        return bundle
 
-    def _masked(self, policy: AccessPolicy, versions: list[StoredVersion]) -> list[StoredVersion]:
-        """Apply element masks (SQL already left out what is denied, so nothing disappears here)."""
-        return [shown for v in versions if (shown := self.shown(policy, v)) is not None]
+
+def _outcome_entries(problems: list[Issue]) -> list[Resource]:
+    """Resources that could not be shown (e.g. undecryptable), reported in-band as search outcomes."""
+    if not problems:
+        return []
+    return [{"resource": operation_outcome(problems), "search": {"mode": "outcome"}}]
 
 
 def _history_entry(v: StoredVersion, shown: StoredVersion | None, base: str) -> Resource:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import jsonpatch
 import jsonpointer
 
+from fhir_gateway.crypto.service import Sealer
 from fhir_gateway.errors import BadRequest, Issue, NotFound, PreconditionFailed, Unprocessable
 from fhir_gateway.fhir.dates import format_instant
 from fhir_gateway.fhir.json import Resource, dumps, loads
@@ -103,6 +104,7 @@ class EntryProcessor:
         self.gw = gateway
         self.tx = tx
         self.ctx = ctx
+        self.sealer: Sealer | None = None
         self.bundle = bundle
         self.aliases: dict[str, str] = {}  # fullUrl -> Type/id
 
@@ -167,7 +169,7 @@ class EntryProcessor:
     async def find(
         self, res_type: str, query: str | tuple[tuple[str, str], ...], where: str
     ) -> list[StoredVersion]:
-        return await self.tx.select(self.gw.conditional_query(res_type, query, where, self.ctx))
+        return await self.tx.select(await self.gw.conditional_query(res_type, query, where, self.ctx))
 
     async def _conditional_update_id(self, plan: EntryPlan) -> str:
         t = plan.target
@@ -206,7 +208,8 @@ class EntryProcessor:
         if plan.if_none_exist:
             existing = await self.tx.current(res_type, plan.assigned_id)
             if existing is not None and not existing.deleted:
-                return EntryResult(200, res_type, existing.res_id, existing, existing.resource())
+                plain = await self.gw.plaintext(existing)
+                return EntryResult(200, res_type, existing.res_id, existing, plain)
         resource = self.gw.check_body(plan.resource, res_type, self.where(plan))
         resource["id"] = plan.assigned_id
         return await self.write("POST", res_type, plan.assigned_id, resource, None, plan)
@@ -232,7 +235,7 @@ class EntryProcessor:
             raise NotFound("Cannot patch a resource that does not exist", expression=res_type)
         operations = _patch_operations(plan.resource)
         try:
-            patched = jsonpatch.apply_patch(previous.resource(), operations)
+            patched = jsonpatch.apply_patch(await self.gw.plaintext(previous), operations)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError) as exc:
             raise Unprocessable(
                 f"The JSON Patch could not be applied: {type(exc).__name__}", code="processing"
@@ -293,11 +296,12 @@ class EntryProcessor:
         """Run the pipeline on one change and store the resulting version (plus the stages' additions)."""
         change = Change(method, res_type, res_id, resource, previous, self.bundle, plan.index)
         await self.gw.pipeline.run(change, self.ctx)
-        if _unchanged(change, previous):
+        before = await self._unchanged_base(change, previous)
+        if before is not None and _without_version(change.resource or {}) == _without_version(before):
             # An update that changes nothing (a feed re-sending the same data) makes no new version:
             # history stays meaningful and the write costs one read instead of a dozen statements.
             assert previous is not None
-            return EntryResult(200, res_type, res_id, previous, previous.resource(), warnings=change.warnings)
+            return EntryResult(200, res_type, res_id, previous, before, warnings=change.warnings)
         version = await self.store_version(change.method, res_type, res_id, change.resource, previous)
         for addition in change.additions:
             add_type = addition["resourceType"]
@@ -309,6 +313,22 @@ class EntryProcessor:
         if method == "DELETE":
             status = 204
         return EntryResult(status, res_type, res_id, version, change.resource, warnings=change.warnings)
+
+    async def _unchanged_base(self, change: Change, previous: StoredVersion | None) -> Resource | None:
+        """The previous content, when this change could be a no-op update (else None)."""
+        if change.method not in ("PUT", "PATCH") or change.resource is None or change.additions:
+            return None
+        if previous is None or previous.deleted or previous.content is None:
+            return None
+        return await self.gw.plaintext(previous)
+
+    async def _sealer(self) -> Sealer | None:
+        """The PHI sealer of this transaction (the key version current when it began)."""
+        if self.gw.crypto is None:
+            return None
+        if self.sealer is None:
+            self.sealer = await self.gw.crypto.sealer(self.tx.conn)
+        return self.sealer
 
     async def store_version(
         self,
@@ -331,20 +351,16 @@ class EntryProcessor:
                 meta = resource["meta"] = {}
             meta["versionId"] = str(version_id)
             meta["lastUpdated"] = format_instant(now)
-            content = dumps(resource)
-            rows = extract(resource)
+            rows = extract(resource)  # on the plaintext: PHI parameters become blind indexes below
             rows.references.extend(compartment_rows(res_type, res_id, rows))
+            sealer = await self._sealer()
+            stored = resource
+            if sealer is not None:
+                stored, rows = sealer.seal(res_type, res_id, resource, rows)
+            content = dumps(stored)
         version = StoredVersion(res_type, res_id, version_id, now, resource is None, content, method)
         await self.tx.write(version, previous=previous, rows=rows)
         return version
-
-
-def _unchanged(change: Change, previous: StoredVersion | None) -> bool:
-    if change.method not in ("PUT", "PATCH") or change.resource is None or change.additions:
-        return False
-    if previous is None or previous.deleted or previous.content is None:
-        return False
-    return _without_version(change.resource) == _without_version(previous.resource())
 
 
 def _without_version(resource: Resource) -> Resource:

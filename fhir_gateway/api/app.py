@@ -14,6 +14,7 @@ from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.audit.api import build_audit_router
 from fhir_gateway.auth.smart import build_smart_router
 from fhir_gateway.logs import configure_logging
+from fhir_gateway.privacy.breakglass_api import build_breakglass_router
 from fhir_gateway.settings import Settings, load_settings
 from fhir_gateway.validation.api import build_validate_router
 
@@ -34,6 +35,8 @@ def fhir_router(
     router.include_router(build_smart_router(runtime, prefix))
     router.include_router(build_validate_router(runtime, prefix))
     router.include_router(build_audit_router(runtime, prefix, runtime.audit))
+    wake = runtime.breakglass.dispatcher.wake
+    router.include_router(build_breakglass_router(runtime, prefix, runtime.audit, on_enqueue=wake))
     router.include_router(build_router(runtime, prefix))
     return router
 

@@ -98,6 +98,7 @@ async def record_exchange(request: Request, status: int, error: GatewayError | N
                 patients=taken.patients,
                 query=taken.query,
                 operation=taken.operation,
+                policies=ctx.policy.grants.grant_ids if ctx.policy is not None else (),
             )
         await audit.record(event)
     except Exception:  # noqa: BLE001 - the answer must still go out; the failure is logged

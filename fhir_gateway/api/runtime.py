@@ -40,6 +40,9 @@ class Runtime:
             source=AuditSource.from_settings(settings),
             prepare=self.ensure_schema,
         )
+        from fhir_gateway.privacy.breakglass_api import BreakGlassServices  # it imports this module
+
+        self.breakglass = BreakGlassServices(self, self.audit)  # outbox dispatcher, escalation loop
         self._migrated = not settings.run_migrations
         self._lock = asyncio.Lock()
 
@@ -56,6 +59,7 @@ class Runtime:
         async with self._lock:
             if not self._migrated:
                 await self.store.upgrade()
+                await self.gateway.ensure_crypto()  # the PHI key ring exists before the first request
                 self._migrated = True
 
     async def stop(self) -> None:
@@ -73,12 +77,22 @@ class Runtime:
         finally:
             await self.stop()
 
+    @asynccontextmanager
+    async def _breakglass_service(self) -> AsyncIterator[None]:
+        # Started after the AuditLog (start()) and stopped before it (stop()): closing expired
+        # grants records their stop events.
+        await self.breakglass.start()
+        try:
+            yield
+        finally:
+            await self.breakglass.stop()
+
     def services(self) -> list[AbstractAsyncContextManager[Any]]:
         """The listeners and background workers that live as long as the server (in start order)."""
         from fhir_gateway.ingest.dicom.scp import dicom_listener
         from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
 
-        found: list[AbstractAsyncContextManager[Any]] = []
+        found: list[AbstractAsyncContextManager[Any]] = [self._breakglass_service()]
         if self.settings.mllp_port is not None:
             found.append(mllp_listener(self, self.settings.host, self.settings.mllp_port))
         if self.settings.dicom_port is not None:

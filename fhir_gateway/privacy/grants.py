@@ -15,15 +15,18 @@ from dataclasses import replace
 from fhir_gateway.auth.scopes import parse_scopes
 from fhir_gateway.context import RequestContext
 from fhir_gateway.privacy.access import AccessPolicy, Grants
+from fhir_gateway.privacy.breakglass import active_grants
 from fhir_gateway.privacy.clearance import clearance_for, clearance_policy
 from fhir_gateway.privacy.consent import Provision, for_request
 from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.settings import Settings
+from fhir_gateway.store.store import Store
 
 INTERACTIONS = ("read", "search", "create", "update", "delete")
 
 # Role → interactions it may perform at all (config may narrow these later; seed roles).
 CONSENT_BYPASS = frozenset({"admin", "privacy_officer"})
+BREAK_GLASS_ROLE = "emergency_access"
 ROLE_PERMISSIONS: dict[str, str] = {
     "admin": "cruds",
     "integration": "cruds",
@@ -69,7 +72,22 @@ async def grants_for(ctx: RequestContext, settings: Settings, consents: ConsentC
     )
     if CONSENT_BYPASS & set(ctx.roles):
         return grants  # admin and privacy officer see everything (and are audited)
+    grants = await _with_break_glass(grants, ctx, consents.store)
     return await _with_consents(grants, ctx, settings, consents)
+
+
+async def _with_break_glass(grants: Grants, ctx: RequestContext, store: Store) -> Grants:
+    """The patients this caller's open `$break-glass` grants unlock (emergency_access role only)."""
+    if BREAK_GLASS_ROLE not in ctx.roles or not ctx.subject:
+        return grants
+    active = await active_grants(store, ctx.subject)
+    if not active:
+        return grants
+    return replace(
+        grants,
+        override=frozenset(g.patient_id for g in active),
+        grant_ids=tuple(g.policy for g in active),
+    )
 
 
 async def _with_consents(

@@ -250,3 +250,22 @@ async def test_everything_returns_only_what_the_caller_may_see(world: World) -> 
     )
     assert (await c.get(f"/fhir/Patient/{b}/$everything", headers=own)).status_code == 404
     assert (await c.get("/fhir/Patient/nobody/$everything", headers=admin)).status_code == 404
+
+
+async def test_break_glass_opens_one_patient_for_its_holder_only(world: World) -> None:
+    c, a, psy = world.client, world.ids["A"], world.ids["psyA"]
+    sud = _observation(a, {"text": "x"}, "sud", meta={"security": [{"system": ACT, "code": "SUD"}]})
+    sud_id = await world.create("sudA", sud)
+    er = world.token(
+        sub="Practitioner/er", roles=["clinician", "emergency_access"], scope="user/*.rs", purpose=["ETREAT"]
+    )
+    assert (await c.get(f"/fhir/Observation/{psy}", headers=er)).status_code == 404
+    params = {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "unconscious"}]}
+    opened = await c.post(f"/fhir/Patient/{a}/$break-glass", json=params, headers={**er, **FHIR})
+    assert opened.status_code == 200, opened.text
+    assert (await c.get(f"/fhir/Observation/{psy}", headers=er)).status_code == 200
+    found = (await c.get("/fhir/Observation", params={"subject": f"Patient/{a}"}, headers=er)).json()
+    assert psy in ids_of(found) and sud_id not in ids_of(found)  # 42 CFR Part 2 stays closed
+    assert (await c.get(f"/fhir/Observation/{sud_id}", headers=er)).status_code == 404
+    # the grant is the caller's own: another clinician still does not see it
+    assert (await c.get(f"/fhir/Observation/{psy}", headers=clinician(world))).status_code == 404

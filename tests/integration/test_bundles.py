@@ -155,6 +155,7 @@ async def test_batch_entries_are_independent(any_client: httpx.AsyncClient) -> N
         },
         {"resource": {"resourceType": "Observation"}, "request": {"method": "POST", "url": "Patient"}},
         {"request": {"method": "GET", "url": "Patient/none"}},
+        {"request": {"method": "GET", "url": "Patient?family:exact=Ok"}},
         {"request": {"method": "GET", "url": "Patient?family=Ok"}},
         kind="batch",
     )
@@ -166,7 +167,10 @@ async def test_batch_entries_are_independent(any_client: httpx.AsyncClient) -> N
     assert entries[1]["response"]["status"] == "400"
     assert entries[1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
     assert entries[2]["response"]["status"] == "404"
-    assert entries[3]["resource"]["type"] == "searchset"
+    assert entries[3]["resource"]["type"] == "searchset" and entries[3]["resource"]["total"] == 1
+    # names are encrypted at rest: exact search works on their blind index, prefix search is refused
+    assert entries[4]["response"]["status"] == "400"
+    assert entries[4]["response"]["outcome"]["issue"][0]["code"] == "not-supported"
     assert (await any_client.get("/fhir/Patient")).json()["total"] == 1
 
 

@@ -27,7 +27,10 @@ def test_odd_json_shapes_never_raise() -> None:
     assert [e[1] for e in errors(basic | {"identifier": {"value": "x"}})] == ["Basic.identifier"]
     assert [e[1] for e in errors(basic | {"contained": [{"id": "x"}]})][0] == "Basic.contained[0]"
     assert errors(basic | {"extension": [{"url": "http://x.org/e", "valueString": None}]})
-    params = {"resourceType": "Parameters", "parameter": [{"name": "r", "resource": {"resourceType": "Nope"}}]}
+    params = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "r", "resource": {"resourceType": "Nope"}}],
+    }
     assert [e[1] for e in errors(params)] == ["Parameters.parameter[0].resource"]
     assert primitives.check("integer", 1.0) is not None and primitives.check("string", "x" * (2**20 + 1))
     assert primitives.check("uri", "urn:uuid:nope") is not None
@@ -51,7 +54,11 @@ def test_loader_lookups() -> None:
 
 
 def test_required_codeable_concept_without_a_code() -> None:
-    cond = {"resourceType": "Condition", "subject": {"reference": "Patient/1"}, "clinicalStatus": {"text": "active"}}
+    cond = {
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/1"},
+        "clinicalStatus": {"text": "active"},
+    }
     assert [e[:2] for e in errors(cond)] == [("code-invalid", "Condition.clinicalStatus")]
 
 
@@ -103,8 +110,11 @@ def _profile(elements: list[dict[str, Any]], *, snapshot: bool = False) -> dict[
 
 
 def _patient(**extra: Any) -> dict[str, Any]:
-    base = {"resourceType": "Patient", "meta": {"profile": [URL]},
-            "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'}}
+    base = {
+        "resourceType": "Patient",
+        "meta": {"profile": [URL]},
+        "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'},
+    }
     return base | extra
 
 
@@ -113,33 +123,60 @@ def test_profile_extension_slices_and_exists_discriminators() -> None:
     defs = _profile(
         [
             {"id": "Patient", "path": "Patient"},
-            {"id": "Patient.extension", "path": "Patient.extension",
-             "slicing": {"discriminator": [{"type": "value", "path": "url"}], "rules": "open"}},
-            {"id": "Patient.extension:e", "path": "Patient.extension", "sliceName": "e", "min": 1, "max": "1",
-             "type": [{"code": "Extension", "profile": [ext]}]},
-            {"id": "Patient.telecom", "path": "Patient.telecom", "max": "1",
-             "slicing": {"discriminator": [{"type": "exists", "path": "period"}], "rules": "closed"}},
+            {
+                "id": "Patient.extension",
+                "path": "Patient.extension",
+                "slicing": {"discriminator": [{"type": "value", "path": "url"}], "rules": "open"},
+            },
+            {
+                "id": "Patient.extension:e",
+                "path": "Patient.extension",
+                "sliceName": "e",
+                "min": 1,
+                "max": "1",
+                "type": [{"code": "Extension", "profile": [ext]}],
+            },
+            {
+                "id": "Patient.telecom",
+                "path": "Patient.telecom",
+                "max": "1",
+                "slicing": {"discriminator": [{"type": "exists", "path": "period"}], "rules": "closed"},
+            },
             {"id": "Patient.telecom:dated", "path": "Patient.telecom", "sliceName": "dated"},
             {"id": "Patient.telecom:dated.period", "path": "Patient.telecom.period", "min": 1},
-            {"id": "Patient.gender", "path": "Patient.gender",
-             "binding": {"strength": "required", "valueSet": "http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1"}},
-            {"id": "Patient.name", "path": "Patient.name",
-             "patternHumanName": {"use": "official"},
-             "constraint": [
-                 {"key": "p-1", "severity": "warning", "human": "family", "expression": "family.exists()"},
-                 {"key": "p-2", "severity": "error", "human": "odd", "expression": "family.resolve()"},
-             ]},
+            {
+                "id": "Patient.gender",
+                "path": "Patient.gender",
+                "binding": {
+                    "strength": "required",
+                    "valueSet": "http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1",
+                },
+            },
+            {
+                "id": "Patient.name",
+                "path": "Patient.name",
+                "patternHumanName": {"use": "official"},
+                "constraint": [
+                    {"key": "p-1", "severity": "warning", "human": "family", "expression": "family.exists()"},
+                    {"key": "p-2", "severity": "error", "human": "odd", "expression": "family.resolve()"},
+                ],
+            },
             {"id": "Patient.name.family", "path": "Patient.name.family", "min": 0},
         ],
         snapshot=True,
     )
-    good = _patient(extension=[{"url": ext, "valueString": "x"}],
-                    telecom=[{"system": "phone", "value": "1", "period": {"start": "2020"}}],
-                    name=[{"use": "official", "family": "F"}], gender="male")
+    good = _patient(
+        extension=[{"url": ext, "valueString": "x"}],
+        telecom=[{"system": "phone", "value": "1", "period": {"start": "2020"}}],
+        name=[{"use": "official", "family": "F"}],
+        gender="male",
+    )
     assert errors(good, structure_definitions=defs) == []
-    bad = _patient(extension=[{"url": "http://other", "valueString": "x"}],
-                   telecom=[{"system": "phone", "value": "1"}, {"system": "phone", "value": "2"}],
-                   name=[{"use": "usual", "given": ["G"]}])
+    bad = _patient(
+        extension=[{"url": "http://other", "valueString": "x"}],
+        telecom=[{"system": "phone", "value": "1"}, {"system": "phone", "value": "2"}],
+        name=[{"use": "usual", "given": ["G"]}],
+    )
     issues = validate(bad, structure_definitions=defs)
     texts = [i.diagnostics for i in issues if i.severity == "error"]
     assert any(t.startswith("Slice 'Patient.extension:e'") for t in texts)
@@ -155,34 +192,65 @@ def test_profile_extension_slices_and_exists_discriminators() -> None:
 def test_profile_slice_maximum_and_unknown_discriminators() -> None:
     defs = _profile(
         [
-            {"id": "Patient.identifier", "path": "Patient.identifier",
-             "slicing": {"discriminator": [{"type": "value", "path": "system"}], "rules": "open"}},
+            {
+                "id": "Patient.identifier",
+                "path": "Patient.identifier",
+                "slicing": {"discriminator": [{"type": "value", "path": "system"}], "rules": "open"},
+            },
             {"id": "Patient.identifier:mrn", "path": "Patient.identifier", "sliceName": "mrn", "max": "1"},
-            {"id": "Patient.identifier:mrn.system", "path": "Patient.identifier.system", "fixedUri": "urn:mrn"},
-            {"id": "Patient.address", "path": "Patient.address",
-             "slicing": {"discriminator": [{"type": "profile", "path": "$this"}], "rules": "closed"}},
+            {
+                "id": "Patient.identifier:mrn.system",
+                "path": "Patient.identifier.system",
+                "fixedUri": "urn:mrn",
+            },
+            {
+                "id": "Patient.address",
+                "path": "Patient.address",
+                "slicing": {"discriminator": [{"type": "profile", "path": "$this"}], "rules": "closed"},
+            },
             {"id": "Patient.address:a", "path": "Patient.address", "sliceName": "a"},
             {"id": "Patient.contact", "path": "Patient.contact", "slicing": {"rules": "closed"}},
             {"id": "Patient.contact:c", "path": "Patient.contact", "sliceName": "c"},
-            {"id": "Patient.photo", "path": "Patient.photo",
-             "slicing": {"discriminator": [{"type": "value", "path": "title"}], "rules": "closed"}},
+            {
+                "id": "Patient.photo",
+                "path": "Patient.photo",
+                "slicing": {"discriminator": [{"type": "value", "path": "title"}], "rules": "closed"},
+            },
             {"id": "Patient.photo:p", "path": "Patient.photo", "sliceName": "p"},
         ]
     )
-    twice = _patient(identifier=[{"system": "urn:mrn", "value": "1"}, {"system": "urn:mrn", "value": "2"}],
-                     address=[{"city": "x"}], contact=[{"name": {"family": "x"}}], photo=[{"title": "t"}])
+    twice = _patient(
+        identifier=[{"system": "urn:mrn", "value": "1"}, {"system": "urn:mrn", "value": "2"}],
+        address=[{"city": "x"}],
+        contact=[{"name": {"family": "x"}}],
+        photo=[{"title": "t"}],
+    )
     texts = [e[2] for e in errors(twice, structure_definitions=defs)]
     assert any(t.startswith("Slice 'Patient.identifier:mrn': at most 1") for t in texts)
     assert sum("does not match any known slice" in t for t in texts) == 3  # profile/none/no value: unmatched
 
 
 def test_bundle_corners() -> None:
-    bundle = {"resourceType": "Bundle", "type": "document", "entry": [
-        {"fullUrl": "http://x.org/fhir/Composition/c", "resource": {
-            "resourceType": "Composition", "id": "c", "status": "final", "type": {"text": "x"}, "date": "2020",
-            "title": "t", "author": [{"reference": "Practitioner/gone"}], "subject": {"reference": "Patient/p"}}},
-        {"fullUrl": "http://x.org/fhir/Patient/p", "resource": {"resourceType": "Patient", "id": "p"}},
-    ]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "document",
+        "entry": [
+            {
+                "fullUrl": "http://x.org/fhir/Composition/c",
+                "resource": {
+                    "resourceType": "Composition",
+                    "id": "c",
+                    "status": "final",
+                    "type": {"text": "x"},
+                    "date": "2020",
+                    "title": "t",
+                    "author": [{"reference": "Practitioner/gone"}],
+                    "subject": {"reference": "Patient/p"},
+                },
+            },
+            {"fullUrl": "http://x.org/fhir/Patient/p", "resource": {"resourceType": "Patient", "id": "p"}},
+        ],
+    }
     issues = validate(bundle)
     unresolved = [i.expression for i in issues if i.code == "not-found"]
     assert unresolved == [["Bundle.entry[0].resource/*Composition/c*/.author[0]"]]

@@ -1,0 +1,1 @@
+"""Outbound delivery: the durable outbox and its dispatcher (outbox); routing rules come later."""
