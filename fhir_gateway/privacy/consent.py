@@ -94,9 +94,8 @@ def parse_consent(resource: Resource) -> PatientConsent | None:
     provision = resource.get("provision")
     if patient is None or not isinstance(provision, dict):
         return None
-    root = _provision(provision, None)
-    root_type = root.type or "permit"
-    root = Provision(**{**_fields(root), "type": root_type, "period": None})
+    root = _provision(provision, None)  # the base policy: the root's type, permit when unstated
+    root = Provision(**{**_fields(root), "period": None})  # the root period is the consent's own
     stated = resource.get("dateTime")
     return PatientConsent(
         consent_id=str(resource.get("id", "")),
@@ -118,8 +117,12 @@ def _is_privacy_scope(scope: Any) -> bool:
 
 def _provision(p: dict[str, Any], parent: Effect | None) -> Provision:
     stated = p.get("type")
-    effect: Effect | None = stated if stated in ("permit", "deny") else None
-    if effect is None and parent is not None:
+    effect: Effect
+    if stated in ("permit", "deny"):
+        effect = stated
+    elif parent is None:
+        effect = "permit"
+    else:
         effect = "deny" if parent == "permit" else "permit"
     children = tuple(_provision(c, effect) for c in p.get("provision", []) if isinstance(c, dict))
     actors = [a for a in p.get("actor", []) if isinstance(a, dict)]
@@ -225,15 +228,9 @@ def _matches(p: Provision, facts: Facts) -> bool:
     rows = facts.rows
     if p.classes and facts.res_type not in p.classes:
         return False
-    if p.codes and not any(
-        t.param in CODE_PARAMS and t.code is not None and _coded(p.codes, t.system, t.code)
-        for t in rows.tokens
-    ):
+    if p.codes and not _has_token(rows, CODE_PARAMS, p.codes):
         return False
-    if p.labels and not any(
-        t.param == "_security" and t.code is not None and _coded(p.labels, t.system, t.code)
-        for t in rows.tokens
-    ):
+    if p.labels and not _has_token(rows, ("_security",), p.labels):
         return False
     return not p.data or any(_data_matches(d, facts) for d in p.data)
 

@@ -1,0 +1,98 @@
+"""From a caller's token to the grants the policy decision point applies: scopes ∩ roles, patient
+context, clearance, consents that can matter for this caller, break-glass grants."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from fhir_gateway.context import RequestContext
+from fhir_gateway.privacy.consent import PatientConsent, Provision
+from fhir_gateway.privacy.consent_store import ConsentCache
+from fhir_gateway.privacy.grants import grants_for
+from fhir_gateway.settings import Settings
+from fhir_gateway.store.store import Store
+from tests.conftest import make_settings
+
+
+class FixedConsents(ConsentCache):
+    """The consents in force, given (the store-backed cache is covered by the integration tests)."""
+
+    def __init__(self, store: Store, consents: dict[str, list[PatientConsent]]) -> None:
+        super().__init__(store, 0)
+        self.fixed = consents
+
+    async def in_force(self, now: float) -> dict[str, list[PatientConsent]]:
+        return self.fixed
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(f"sqlite+aiosqlite:///{tmp_path}/g.db")
+
+
+def grants(settings: Settings, ctx: RequestContext, consents: dict[str, list[PatientConsent]] | None = None):  # type: ignore[no-untyped-def]
+    store = Store(settings.database_url)
+    return asyncio.run(grants_for(ctx, settings, FixedConsents(store, consents or {})))
+
+
+def doctor(**kwargs: object) -> RequestContext:
+    base: dict[str, object] = {"subject": "d", "roles": ("clinician",), "purpose_of_use": ("TREAT",)}
+    return RequestContext(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+def test_scopes_and_roles_intersect(settings: Settings) -> None:
+    g = grants(settings, doctor(scopes=("user/Observation.rs", "user/Patient.cruds", "openid")))
+    assert g.types["read"] == {"Observation", "Patient"} and g.types["create"] == {"Patient"}
+    nurse = grants(settings, doctor(roles=("nurse",), scopes=("user/*.cruds",)))
+    assert nurse.types["delete"] == frozenset() and nurse.types["read"] is None
+
+
+def test_a_scope_narrowed_by_a_query_grants_nothing_yet(settings: Settings) -> None:
+    g = grants(settings, doctor(scopes=("user/Observation.rs?category=laboratory",)))
+    assert g.types["read"] == frozenset()
+
+
+def test_callers_without_clearance_read_nothing(settings: Settings) -> None:
+    unknown_role = grants(settings, doctor(roles=("janitor",), scopes=("user/*.rs",)))
+    assert unknown_role.types["read"] == frozenset() and unknown_role.types["search"] == frozenset()
+    researcher = grants(
+        settings, doctor(roles=("researcher",), scopes=("user/*.rs",), purpose_of_use=("HRESCH",))
+    )
+    assert researcher.types["read"] == frozenset()  # de-identified data only: not through plain reads
+
+
+def test_patient_context_only_with_patient_scopes(settings: Settings) -> None:
+    assert grants(settings, doctor(scopes=("patient/*.rs",), patient="p1")).patient == "p1"
+    assert grants(settings, doctor(scopes=("user/*.rs",), patient="p1")).patient is None
+
+
+def test_only_consents_that_can_withhold_are_kept(settings: Settings) -> None:
+    permit_only = PatientConsent("c1", "p1", Provision("permit"))
+    deny = PatientConsent("c2", "p2", Provision("permit", children=(Provision("deny"),)))
+    not_for_me = PatientConsent("c3", "p3", Provision("deny", actor_refs=frozenset({"Practitioner/x"})))
+    found = grants(
+        settings, doctor(scopes=("user/*.rs",)), {"p1": [permit_only], "p2": [deny], "p3": [not_for_me]}
+    )
+    assert [(p, c) for p, c, _ in found.consents] == [("p2", "c2")]
+    assert found.consented == {"p1", "p2", "p3"} and not found.consent_default_deny
+
+
+def test_opt_in_keeps_every_consent_and_the_patient_is_exempt_from_their_own(tmp_path: Path) -> None:
+    opt_in = make_settings(f"sqlite+aiosqlite:///{tmp_path}/o.db", privacy={"consent_default": "deny"})
+    permit_only = PatientConsent("c1", "p1", Provision("permit"))
+    not_for_me = PatientConsent("c3", "p3", Provision("deny", actor_refs=frozenset({"Practitioner/x"})))
+    me = doctor(scopes=("patient/*.rs",), patient="p1", fhir_user="Patient/p1")
+    found = grants(opt_in, me, {"p1": [permit_only], "p3": [not_for_me]})
+    assert {(p, t is None) for p, _, t in found.consents} == {("p1", False), ("p3", True)}
+    assert found.consent_default_deny and found.consent_exempt == {"p1"}
+
+
+def test_admins_are_not_bound_by_consents_and_feeds_by_nothing(settings: Settings) -> None:
+    deny = PatientConsent("c2", "p2", Provision("deny"))
+    admin = grants(settings, doctor(roles=("admin",), scopes=("system/*.*",)), {"p2": [deny]})
+    assert admin.consents == () and admin.hidden == frozenset()
+    feed = grants(settings, RequestContext.system("hl7v2"))
+    assert feed.types["read"] is None and not feed.hidden and feed.patient is None
