@@ -26,20 +26,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def fhir_gateway_command() -> list[str]:
+    exe = shutil.which("fhir-gateway")
+    return [exe] if exe else [sys.executable, "-m", "fhir_gateway.cli"]
+
+
+def token(*args: str) -> str:
+    """A development token from `fhir-gateway token` (the same CLI a user runs)."""
+    command = [*fhir_gateway_command(), "token", *args]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": "Bearer " + token("--sub", "bench", "--role", "admin", "--scope", "system/*.*")}
+
+
 @contextlib.contextmanager
-def running_server(database_url: str | None = None) -> Iterator[str]:
+def running_server(database_url: str | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
     """A server process on a fresh SQLite file (or the given URL); yields the FHIR base URL."""
     work = tempfile.mkdtemp(prefix="bench-")
     port = free_port()
     url = database_url or f"sqlite+aiosqlite:///{work}/bench.db"
-    exe = shutil.which("fhir-gateway") or f"{sys.executable} -m fhir_gateway.cli"
-    cmd = [*exe.split(), "serve", "--port", str(port), "--database-url", url]
+    cmd = [*fhir_gateway_command(), "serve", "--port", str(port), "--database-url", url]
     proc = subprocess.Popen(
         cmd,
         cwd=work,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "FHIR_GATEWAY_LOG_LEVEL": "WARNING"},
+        env={**os.environ, "FHIR_GATEWAY_LOG_LEVEL": "WARNING", **(env or {})},
     )
     base = f"http://127.0.0.1:{port}/fhir"
     try:
@@ -80,12 +95,17 @@ class Result:
 
 
 async def run_concurrently(
-    name: str, total: int, clients: int, op: Callable[[httpx.AsyncClient, int], Awaitable[None]], base: str
+    name: str,
+    total: int,
+    clients: int,
+    op: Callable[[httpx.AsyncClient, int], Awaitable[None]],
+    base: str,
+    headers: dict[str, str] | None = None,
 ) -> Result:
     latencies: list[float] = []
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60, headers=headers) as client:
 
         async def worker() -> None:
             for i in counter:
