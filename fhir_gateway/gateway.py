@@ -34,15 +34,15 @@ from fhir_gateway.fhir.dates import date_range, format_instant
 from fhir_gateway.fhir.json import Resource, dumps
 from fhir_gateway.fhir.requests import RequestTarget, parse_target
 from fhir_gateway.pipeline.stage import Pipeline
-from fhir_gateway.privacy.access import PERMIT, AccessPolicy, Decision, Interaction
+from fhir_gateway.privacy.access import PERMIT, AccessPolicy, Decision, Grants, Interaction
 from fhir_gateway.privacy.compartment import compartment_rows
 from fhir_gateway.privacy.consent_store import ConsentCache
-from fhir_gateway.privacy.grants import policy_for
+from fhir_gateway.privacy.grants import BREAK_GLASS_ROLE, policy_for
 from fhir_gateway.privacy.redact import redact
 from fhir_gateway.settings import Settings
 from fhir_gateway.store import searching
 from fhir_gateway.store.search.extract import extract
-from fhir_gateway.store.search.params import parse_search
+from fhir_gateway.store.search.params import ParsedSearch, parse_search
 from fhir_gateway.store.search.query import where_clause
 from fhir_gateway.store.store import Store, StoredVersion, Transaction, select_current
 from fhir_gateway.transaction import METHOD_ORDER, EntryPlan, EntryProcessor, EntryResult
@@ -485,7 +485,38 @@ class Gateway:
         page.includes, more = await self.present_all(policy, page.includes)
         bundle = searching.bundle(parsed, page, base)
         bundle["entry"] += _outcome_entries(problems + more)
+        if await self._withheld_from_emergency_user(ctx, policy, parsed):
+            bundle["entry"].append({"resource": SUPPRESSED, "search": {"mode": "outcome"}})
         return bundle
+
+    async def _withheld_from_emergency_user(
+        self, ctx: RequestContext, policy: AccessPolicy, parsed: ParsedSearch
+    ) -> bool:
+        """Whether labels or consents withheld matches from a caller who could break the glass.
+
+        DESIGN "Telling the caller there is more": only a caller with the emergency_access role
+        learns that something was withheld (never what or how many); everyone else gets no hint.
+        """
+        if BREAK_GLASS_ROLE not in ctx.roles or not policy.restricted:
+            return False
+        g = policy.grants
+        opened = AccessPolicy(Grants(g.types, patient=g.patient))
+        relaxed = where_clause(parsed, visible=opened.visible)
+        strict = where_clause(parsed, visible=policy.visible)
+        return await searching.count(self.store, relaxed) > await searching.count(self.store, strict)
+
+
+SUPPRESSED = operation_outcome(
+    [
+        Issue(
+            "information",
+            "suppressed",
+            "Some results were withheld by security labels or patient consent; "
+            "$break-glass can open them for one patient in an emergency",
+            details_code="BTG",
+        )
+    ]
+)
 
 
 def _outcome_entries(problems: list[Issue]) -> list[Resource]:

@@ -85,6 +85,12 @@ async def compartment(
         return [current_from_row(r) for r in rows], await _count(conn, where)
 
 
+async def count(store: Store, where: ColumnElement[bool]) -> int:
+    """How many current resources satisfy `where`."""
+    async with store.reader(offload=True) as conn:
+        return await _count(conn, where)
+
+
 async def _count(conn: Connection, where: ColumnElement[bool]) -> int:
     return int((await conn.execute(select(func.count()).select_from(resources).where(where))).scalar_one())
 

@@ -102,7 +102,7 @@ def clinician(w: World) -> dict[str, str]:
 
 
 def ids_of(bundle: dict[str, Any]) -> set[str]:
-    return {e["resource"]["id"] for e in bundle.get("entry", []) if "resource" in e}
+    return {e["resource"]["id"] for e in bundle.get("entry", []) if "id" in e.get("resource", {})}
 
 
 async def test_labelled_resource_is_invisible_by_every_route(world: World) -> None:
@@ -260,6 +260,19 @@ async def test_break_glass_opens_one_patient_for_its_holder_only(world: World) -
         sub="Practitioner/er", roles=["clinician", "emergency_access"], scope="user/*.rs", purpose=["ETREAT"]
     )
     assert (await c.get(f"/fhir/Observation/{psy}", headers=er)).status_code == 404
+
+    def outcomes(bundle: dict[str, Any]) -> list[str]:
+        return [
+            e["resource"]["issue"][0]["code"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"
+        ]
+
+    # who could break the glass is told that something was withheld (not what); nobody else is
+    before = (await c.get("/fhir/Observation", params={"subject": f"Patient/{a}"}, headers=er)).json()
+    assert outcomes(before) == ["suppressed"] and psy not in ids_of(before)
+    plain = (
+        await c.get("/fhir/Observation", params={"subject": f"Patient/{a}"}, headers=clinician(world))
+    ).json()
+    assert outcomes(plain) == []
     params = {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "unconscious"}]}
     opened = await c.post(f"/fhir/Patient/{a}/$break-glass", json=params, headers={**er, **FHIR})
     assert opened.status_code == 200, opened.text
