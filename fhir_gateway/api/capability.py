@@ -24,6 +24,18 @@ INTERACTIONS = [
     "search-type",
 ]
 UNSUPPORTED_SEARCH_TYPES = {"special"}
+READ_ONLY = {"AuditEvent": ["read", "search-type"]}  # written by the server alone (audit trail)
+SYSTEM_OPERATIONS = ["break-glass-justify", "break-glass-report"]
+TYPE_OPERATIONS = {"*": ["validate"], "Patient": ["everything", "break-glass"]}
+OPERATION_BASE = "http://fhir-gateway.org/OperationDefinition/"
+STANDARD_OPERATIONS = {
+    "validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+    "everything": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+}
+
+
+def _operation(name: str) -> dict[str, str]:
+    return {"name": name, "definition": STANDARD_OPERATIONS.get(name, OPERATION_BASE + name)}
 
 
 def capability_statement(base: str) -> dict[str, Any]:
@@ -41,7 +53,22 @@ def capability_statement(base: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                "security": {
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "Bearer JWT; SMART scopes, roles, security labels and patient consent "
+                    "decide what each caller sees (see .well-known/smart-configuration)",
+                },
                 "resource": [_resource(t) for t in sorted(resource_types())],
+                "operation": [_operation(name) for name in SYSTEM_OPERATIONS],
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
                 "searchParam": [
                     {"name": "_count", "type": "number"},
@@ -57,7 +84,8 @@ def _resource(res_type: str) -> dict[str, Any]:
     params = params_for(res_type)
     return {
         "type": res_type,
-        "interaction": [{"code": code} for code in INTERACTIONS],
+        "interaction": [{"code": code} for code in READ_ONLY.get(res_type, INTERACTIONS)],
+        "operation": [_operation(n) for n in TYPE_OPERATIONS["*"] + TYPE_OPERATIONS.get(res_type, [])],
         "versioning": "versioned-update",
         "readHistory": True,
         "updateCreate": True,

@@ -289,6 +289,11 @@ async def test_metadata_lists_types_and_search_params(client: httpx.AsyncClient)
     assert {"read", "vread", "patch", "history-instance"} <= {
         i["code"] for i in resources["Patient"]["interaction"]
     }
+    assert {o["name"] for o in resources["Patient"]["operation"]} == {"validate", "everything", "break-glass"}
+    assert {i["code"] for i in resources["AuditEvent"]["interaction"]} == {"read", "search-type"}
+    assert cs["rest"][0]["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    written = await client.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}, headers=FHIR)
+    assert written.status_code == 405  # the audit trail is written by the server alone
 
 
 async def test_health_ready_metrics(client: httpx.AsyncClient) -> None:
