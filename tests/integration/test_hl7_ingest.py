@@ -372,3 +372,16 @@ async def test_broken_header_still_echoes_the_control_id(http: httpx.AsyncClient
         "/hl7v2", content="MSH|^^^^|A|B|C|D|2024||ADT^A01|K9|P|2.5\r", headers={"content-type": "text/plain"}
     )
     assert msa(response.text)[1:3] == ["AR", "K9"]
+
+
+async def test_queued_messages_are_encrypted_at_rest(
+    app: FastAPI, http: httpx.AsyncClient, sqlite_url: str
+) -> None:
+    """The error queue holds whole v2 messages: a stolen database file must not show the patient."""
+    await http.post("/hl7v2", content=BAD.format(cid="ENC1"), headers={"content-type": "text/plain"})
+    database = Path(sqlite_url.removeprefix("sqlite+aiosqlite:///"))
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    assert b"ENC1" in stored and b"Secret" not in stored  # the key stays searchable, the content does not
+    runtime: Runtime = app.state.runtime
+    replayed = await Receiver(runtime).replay_all()
+    assert replayed and all(reply.ack for _, reply in replayed)  # and it still replays from the queue

@@ -185,7 +185,7 @@ class Receiver:
                 self.runtime.store,
                 key,
                 message_type=message_type,
-                raw=raw,
+                raw=await self._seal(raw),
                 ack_code=ack_code,
                 error=issues_outcome(issues),
                 err_text="\r".join(err_segment(i, DEFAULT, "2.5.1") for i in issues),
@@ -201,12 +201,33 @@ class Receiver:
         entry = await hl7_store.get_error(self.runtime.store, error_id)
         if entry is None:
             return None
-        return await self.receive(entry.raw, replay_of=error_id)
+        return await self.receive(await self._open(entry.raw), replay_of=error_id)
 
     async def replay_all(self) -> list[tuple[int, Reply]]:
         await self.runtime.ensure_schema()
         entries = await hl7_store.list_errors(self.runtime.store, limit=100_000)
-        return [(e.id, await self.receive(e.raw, replay_of=e.id)) for e in entries]
+        return [(e.id, await self.receive(await self._open(e.raw), replay_of=e.id)) for e in entries]
+
+    # A queued message is the whole v2 message — names, MRNs, birth dates: it is sealed with the PHI
+    # key ring like resource elements are (AAD binds it to the error queue), when encryption is on.
+    async def _seal(self, raw: bytes) -> bytes:
+        crypto = self.runtime.gateway.crypto
+        if crypto is None:
+            return raw
+        await self.runtime.gateway.ensure_crypto()
+        ring = await crypto.keys.ring(self.runtime.store)
+        return SEALED + ring.seal(raw, *QUEUE_AAD).encode("ascii")
+
+    async def _open(self, stored: bytes) -> bytes:
+        crypto = self.runtime.gateway.crypto
+        if not stored.startswith(SEALED) or crypto is None:
+            return stored
+        ring = await crypto.keys.ring(self.runtime.store)
+        return ring.open(stored.removeprefix(SEALED).decode("ascii"), *QUEUE_AAD)
+
+
+SEALED = b"sealed:"
+QUEUE_AAD = ("HL7v2Message", "error-queue", "raw")
 
 
 def _type(message: Message) -> str:
