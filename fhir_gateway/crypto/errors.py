@@ -29,7 +29,7 @@ class UnknownKeyVersion(CipherError):
 
 
 class BadCiphertext(CipherError):
-    pass
+    """The envelope is malformed or fails authentication (tampered, moved or truncated)."""
 
 
 class DecryptionFailed(GatewayError):

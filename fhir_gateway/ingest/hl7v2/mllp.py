@@ -136,7 +136,7 @@ class MllpServer:
                         writer.write(frame(ack))
                     await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
+            pass  # the sender went away: every frame received so far was answered
         finally:
             self._connections.pop(writer, None)
             writer.close()
