@@ -140,6 +140,18 @@ def ingest(
 
 
 @app.command()
+def deidentify(
+    files: Annotated[list[Path], typer.Argument(help="FHIR JSON resources or Bundles")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the copies (default: print)")] = None,
+    dates: Annotated[str, typer.Option("--dates", help="shift (per patient) or year")] = "shift",
+) -> None:
+    """HIPAA Safe Harbor de-identification of FHIR JSON files (pseudonyms keyed per installation)."""
+    from fhir_gateway.privacy.deid_cli import deidentify_files
+
+    raise typer.Exit(deidentify_files(files, out, dates))
+
+
+@app.command()
 def validate(
     paths: Annotated[
         list[Path],

@@ -47,6 +47,7 @@ from pydantic import (
 
 from fhir_gateway.audit.config import AuditSettings
 from fhir_gateway.crypto.config import CryptoSettings
+from fhir_gateway.pipeline.authority_config import AuthoritySettings
 
 ENV_PREFIX = "FHIR_GATEWAY_"
 CONFIG_VAR = f"{ENV_PREFIX}CONFIG"
@@ -161,7 +162,9 @@ class ValidationSettings(_Section):
 
 DEFAULT_PIPELINE = (
     "fhir_gateway.validation.stage:validation_stage",
-    "fhir_gateway.privacy.labels:labels_stage",
+    "fhir_gateway.pipeline.provenance:provenance_stage",  # before authority, which records into it
+    "fhir_gateway.pipeline.authority:authority_stage",
+    "fhir_gateway.privacy.labels:labels_stage",  # last: the Provenance gets its target's labels
 )
 
 
@@ -191,6 +194,7 @@ class Settings(_Section):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     crypto: CryptoSettings = Field(default_factory=CryptoSettings)
+    authority: AuthoritySettings = Field(default_factory=AuthoritySettings)
 
     @field_validator("log_level")
     @classmethod

@@ -294,7 +294,17 @@ class EntryProcessor:
         plan: EntryPlan,
     ) -> EntryResult:
         """Run the pipeline on one change and store the resulting version (plus the stages' additions)."""
-        change = Change(method, res_type, res_id, resource, previous, self.bundle, plan.index)
+        change = Change(
+            method,
+            res_type,
+            res_id,
+            resource,
+            previous,
+            self.bundle,
+            plan.index,
+            tx=self.tx,
+            plaintext=self.gw.plaintext,
+        )
         await self.gw.pipeline.run(change, self.ctx)
         before = await self._unchanged_base(change, previous)
         if before is not None and _without_version(change.resource or {}) == _without_version(before):
@@ -316,7 +326,8 @@ class EntryProcessor:
 
     async def _unchanged_base(self, change: Change, previous: StoredVersion | None) -> Resource | None:
         """The previous content, when this change could be a no-op update (else None)."""
-        if change.method not in ("PUT", "PATCH") or change.resource is None or change.additions:
+        # Additions (Provenance) belong to the version: no new version, no additions.
+        if change.method not in ("PUT", "PATCH") or change.resource is None:
             return None
         if previous is None or previous.deleted or previous.content is None:
             return None

@@ -9,12 +9,14 @@ from fhir_gateway.api.dicomweb import build_dicomweb_router
 from fhir_gateway.api.health import build_health_router
 from fhir_gateway.api.hl7v2 import build_hl7_router
 from fhir_gateway.api.metrics import MetricsMiddleware
+from fhir_gateway.api.provenance import build_provenance_router
 from fhir_gateway.api.rest import build_router
 from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.audit.api import build_audit_router
 from fhir_gateway.auth.smart import build_smart_router
 from fhir_gateway.logs import configure_logging
 from fhir_gateway.privacy.breakglass_api import build_breakglass_router
+from fhir_gateway.privacy.deid_api import build_deid_router
 from fhir_gateway.settings import Settings, load_settings
 from fhir_gateway.validation.api import build_validate_router
 
@@ -37,6 +39,8 @@ def fhir_router(
     router.include_router(build_audit_router(runtime, prefix, runtime.audit))
     wake = runtime.breakglass.dispatcher.wake
     router.include_router(build_breakglass_router(runtime, prefix, runtime.audit, on_enqueue=wake))
+    router.include_router(build_provenance_router(runtime, prefix))
+    router.include_router(build_deid_router(runtime, prefix))
     router.include_router(build_router(runtime, prefix))
     return router
 

@@ -25,8 +25,8 @@ INTERACTIONS = [
 ]
 UNSUPPORTED_SEARCH_TYPES = {"special"}
 READ_ONLY = {"AuditEvent": ["read", "search-type"]}  # written by the server alone (audit trail)
-SYSTEM_OPERATIONS = ["break-glass-justify", "break-glass-report"]
-TYPE_OPERATIONS = {"*": ["validate"], "Patient": ["everything", "break-glass"]}
+SYSTEM_OPERATIONS = ["break-glass-justify", "break-glass-report", "de-identify", "conflicts"]
+TYPE_OPERATIONS = {"*": ["validate", "provenance"], "Patient": ["everything", "break-glass"]}
 OPERATION_BASE = "http://fhir-gateway.org/OperationDefinition/"
 STANDARD_OPERATIONS = {
     "validate": "http://hl7.org/fhir/OperationDefinition/Resource-validate",

@@ -6,6 +6,7 @@ path); reads call the Gateway's read path. No SQL and no access decisions here.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -19,7 +20,7 @@ from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.audit.events import Interaction
 from fhir_gateway.errors import BadRequest, information
 from fhir_gateway.fhir import elements as subsetting
-from fhir_gateway.fhir.json import Resource
+from fhir_gateway.fhir.json import Resource, loads
 from fhir_gateway.fhir.requests import check_id, check_type, parse_version
 from fhir_gateway.store.store import StoredVersion
 from fhir_gateway.transaction import EntryResult
@@ -61,8 +62,9 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         }
         if body is not None:
             entry["resource"] = body
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
-        [result] = await gateway.submit_entries(bundle, ctx, single=True)
+        entries = [entry, *client_provenance(request, entry, method, url)]
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        result, *_ = await gateway.submit_entries(bundle, ctx, single=True)
         if result.resource is not None:
             taken.returned([result.resource])
         return write_response(request, result, base_of(request), pretty)
@@ -242,6 +244,30 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         return read_response(request, version, pretty)
 
     return router
+
+
+def client_provenance(request: Request, entry: Resource, method: str, url: str) -> list[Resource]:
+    """The client's own Provenance from the `X-Provenance` header (R4 http.html#provenance), as a
+    second entry of the same transaction targeting the written resource: the provenance stage then
+    links it instead of writing its own."""
+    header = request.headers.get("x-provenance")
+    if header is None or method == "DELETE":
+        return []
+    try:
+        provenance = loads(header.encode("utf-8"), what="the X-Provenance header")
+    except BadRequest:
+        raise BadRequest(
+            "X-Provenance must be a Provenance resource in JSON", expression="X-Provenance"
+        ) from None
+    if not isinstance(provenance, dict) or provenance.get("resourceType") != "Provenance":
+        raise BadRequest("X-Provenance must be a Provenance resource in JSON", expression="X-Provenance")
+    if method == "POST":
+        entry["fullUrl"] = f"urn:uuid:{uuid.uuid4()}"
+        target = entry["fullUrl"]
+    else:
+        target = url.partition("?")[0]
+    provenance["target"] = [{"reference": target}]
+    return [{"resource": provenance, "request": {"method": "POST", "url": "Provenance"}}]
 
 
 def bundle_response(taken: Note, bundle: Resource, pretty: bool) -> Response:

@@ -10,7 +10,7 @@ transaction, after ids and references are resolved and before the version is ser
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,7 +20,7 @@ from fhir_gateway.fhir.json import Resource
 
 if TYPE_CHECKING:
     from fhir_gateway.settings import Settings
-    from fhir_gateway.store.store import StoredVersion
+    from fhir_gateway.store.store import StoredVersion, Transaction
 
 
 @dataclass(slots=True)
@@ -36,6 +36,10 @@ class Change:
     entry_index: int
     warnings: list[Issue] = field(default_factory=list)
     additions: list[Resource] = field(default_factory=list)
+    # Rows a stage writes through `tx` commit or roll back with the change (e.g. the conflict queue);
+    # `plaintext` opens a stored version whose PHI is sealed (e.g. `previous`).
+    tx: Transaction | None = field(default=None, repr=False)
+    plaintext: Callable[[StoredVersion], Awaitable[Resource]] | None = field(default=None, repr=False)
 
     @property
     def interaction(self) -> str:

@@ -52,6 +52,7 @@ from fhir_gateway.audit.writer import AuditLog
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import BadRequest, Forbidden, GatewayError, information
 from fhir_gateway.fhir.dates import date_range
+from fhir_gateway.pipeline.registry import subscriber_channels
 from fhir_gateway.privacy import breakglass
 from fhir_gateway.privacy.breakglass import Grant
 from fhir_gateway.routing.outbox import Backoff, Dispatcher, channels_from_settings, finish
@@ -337,7 +338,11 @@ class BreakGlassServices:
         self.client = httpx.AsyncClient(timeout=10.0)
         self.dispatcher = Dispatcher(
             runtime.store,
-            channels_from_settings(runtime.settings, self.client),
+            # the privacy officer's channels, and those of systems subscribed to authoritative updates
+            {
+                **channels_from_settings(runtime.settings, self.client),
+                **subscriber_channels(runtime.settings, self.client),
+            },
             backoff=backoff,
             poll_seconds=poll_seconds,
             prepare=runtime.ensure_schema,

@@ -193,8 +193,9 @@ async def test_history_type_system_since_count(client: httpx.AsyncClient) -> Non
     type_hist = (await client.get("/fhir/Patient/_history")).json()
     assert type_hist["type"] == "history"
     assert type_hist["total"] == 2
-    system = (await client.get("/fhir/_history")).json()
-    assert system["total"] == 3
+    system = (await client.get("/fhir/_history", params={"_count": "100"})).json()
+    written = [e for e in system["entry"] if "/Provenance/" not in e["fullUrl"]]
+    assert len(written) == 3 and system["total"] == 6  # and one Provenance per written version
     page = (await client.get("/fhir/_history", params={"_count": "1"})).json()
     assert len(page["entry"]) == 1
     next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
@@ -289,7 +290,12 @@ async def test_metadata_lists_types_and_search_params(client: httpx.AsyncClient)
     assert {"read", "vread", "patch", "history-instance"} <= {
         i["code"] for i in resources["Patient"]["interaction"]
     }
-    assert {o["name"] for o in resources["Patient"]["operation"]} == {"validate", "everything", "break-glass"}
+    assert {o["name"] for o in resources["Patient"]["operation"]} == {
+        "validate",
+        "provenance",
+        "everything",
+        "break-glass",
+    }
     assert {i["code"] for i in resources["AuditEvent"]["interaction"]} == {"read", "search-type"}
     assert cs["rest"][0]["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
     written = await client.post("/fhir/AuditEvent", json={"resourceType": "AuditEvent"}, headers=FHIR)
@@ -302,3 +308,30 @@ async def test_health_ready_metrics(client: httpx.AsyncClient) -> None:
     assert ready.status_code == 200
     metrics = await client.get("/metrics")
     assert "fhir_gateway_http_requests" in metrics.text
+
+
+async def test_x_provenance_is_linked_not_duplicated(client: httpx.AsyncClient) -> None:
+    import json as std_json
+
+    mine = {
+        "resourceType": "Provenance",
+        "recorded": "2024-01-01T00:00:00Z",
+        "agent": [{"who": {"display": "registration desk"}}],
+        "target": [{"reference": "Patient/placeholder"}],
+    }
+    r = await client.post(
+        "/fhir/Patient", json=patient(), headers={**FHIR, "X-Provenance": std_json.dumps(mine)}
+    )
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    provs = (await client.get("/fhir/Provenance", params={"target": f"Patient/{pid}"})).json()
+    by_agent = {
+        e["resource"]["agent"][0].get("who", {}).get("display"): e["resource"] for e in provs["entry"]
+    }
+    theirs = by_agent.pop("registration desk")  # the client's own, stored as sent
+    [ours] = by_agent.values()  # and the gateway's record of the write, which links to it as its source
+    assert {"what": {"reference": f"Provenance/{theirs['id']}"}, "role": "source"} in ours["entity"]
+    bad = await client.post("/fhir/Patient", json=patient(), headers={**FHIR, "X-Provenance": "{nope"})
+    assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["X-Provenance"]
+    lineage = (await client.get(f"/fhir/Patient/{pid}/$provenance")).json()
+    assert lineage["resourceType"] == "Bundle" and lineage["entry"]
