@@ -118,11 +118,6 @@ class AccessPolicy:
             or any(t is not None for t in g.types.values())
         )
 
-    @property
-    def masking(self) -> bool:
-        """Whether some consent withholds elements from this caller (answers must then be masked)."""
-        return any(tree is not None and _has_masks(tree) for _, _, tree in self.grants.consents)
-
     # ---- one resource -------------------------------------------------------------------------
     def decide(self, res_type: str, res_id: str, version_id: int, rows: IndexRows) -> Decision:
         """Permit or deny reading one resource version, from its index rows (cached per request)."""
@@ -213,10 +208,6 @@ class AccessPolicy:
                 )
             )
         return or_(*hidden) if hidden else None
-
-
-def _has_masks(tree: Provision) -> bool:
-    return bool(tree.masks) or any(_has_masks(c) for c in tree.children)
 
 
 def _in_compartment(res: FromClause, patients: frozenset[str]) -> ColumnElement[bool]:

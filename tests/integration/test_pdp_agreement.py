@@ -174,5 +174,5 @@ def test_sql_and_python_decisions_agree(store_with_world: Store, g: Grants) -> N
 
 def test_unrestricted_grants_filter_nothing(store_with_world: Store) -> None:
     policy = AccessPolicy(Grants.everything())
-    assert not policy.restricted and not policy.masking
+    assert not policy.restricted
     asyncio.run(_agree(store_with_world, Grants.everything()))
