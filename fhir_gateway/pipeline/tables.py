@@ -15,11 +15,9 @@ Created by migration 0007. One row per conflict on one resource version:
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, String, Table, Text
+from sqlalchemy import Column, Float, Index, Integer, String, Table, Text
 
-from fhir_gateway.store.schema import metadata
-
-PK = BigInteger().with_variant(Integer(), "sqlite")
+from fhir_gateway.store.schema import PK, metadata
 
 conflicts = Table(
     "conflicts",

@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     Column,
     Float,
@@ -38,10 +37,9 @@ from sqlalchemy import (
 )
 
 from fhir_gateway.store.database import Connection
-from fhir_gateway.store.schema import metadata
+from fhir_gateway.store.schema import PK, metadata
 from fhir_gateway.store.store import Store
 
-PK = BigInteger().with_variant(Integer(), "sqlite")
 ACK_SEPARATOR = "\x1c"  # several ACKs (enhanced mode) in one column; never inside an ER7 message
 
 hl7_messages = Table(
