@@ -13,16 +13,15 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import yaml
 
 from fhir_gateway.context import RequestContext
 from fhir_gateway.pipeline.authority_config import AuthoritySettings
 from fhir_gateway.routing.outbox import Channel, WebhookChannel
+from fhir_gateway.rule_files import read_rules
 
 Rule = Literal["accept-secondary", "reject", "queue"]
 RULES: tuple[str, ...] = ("accept-secondary", "reject", "queue")
@@ -103,19 +102,13 @@ class Registry:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Registry:
-        if path is None:
-            text = files("fhir_gateway.pipeline").joinpath("rules/authority-v1.yaml").read_text("utf-8")
-            origin = "authority-v1.yaml"
-        else:
-            try:
-                text = Path(path).read_text("utf-8")
-            except OSError as exc:
-                raise AuthorityRulesError(f"{path}: cannot read ({type(exc).__name__})") from None
-            origin = str(path)
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise AuthorityRulesError(f"{origin}: not valid YAML") from None
+        data, origin = read_rules(
+            path,
+            package="fhir_gateway.pipeline",
+            default="authority-v1.yaml",
+            what="authority rules",
+            error=AuthorityRulesError,
+        )
         return _compile(data, origin)
 
 

@@ -25,11 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import yaml
 
 from fhir_gateway.context import RequestContext
 from fhir_gateway.privacy.labels import (
@@ -40,6 +37,7 @@ from fhir_gateway.privacy.labels import (
     LEGACY_CONFIDENTIALITY_SENSITIVITY,
     SENSITIVITY_CODES,
 )
+from fhir_gateway.rule_files import read_rules
 
 if TYPE_CHECKING:
     from fhir_gateway.settings import Settings
@@ -161,27 +159,22 @@ class ClearancePolicy:
     @classmethod
     def load(cls, path: str | Path | None = None) -> ClearancePolicy:
         """A clearance file, or the packaged default when `path` is None."""
-        if path is None:
-            return _packaged_policy()
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ClearanceRulesError(f"{path}: cannot read the clearance rules ({exc.strerror})") from None
-        return _parse(text, str(path))
+        return _packaged_policy() if path is None else cls.from_mapping(*_read(path))
 
 
 @cache
 def _packaged_policy() -> ClearancePolicy:
-    text = (files("fhir_gateway") / "privacy" / "rules" / DEFAULT_POLICY).read_text(encoding="utf-8")
-    return _parse(text, DEFAULT_POLICY)
+    return ClearancePolicy.from_mapping(*_read(None))
 
 
-def _parse(text: str, origin: str) -> ClearancePolicy:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ClearanceRulesError(f"{origin}: not valid YAML") from None
-    return ClearancePolicy.from_mapping(data, origin)
+def _read(path: str | Path | None) -> tuple[Any, str]:
+    return read_rules(
+        path,
+        package="fhir_gateway.privacy",
+        default=DEFAULT_POLICY,
+        what="clearance rules",
+        error=ClearanceRulesError,
+    )
 
 
 def _grant_table(raw: Any, where: str) -> dict[str, tuple[Grant, ...]]:

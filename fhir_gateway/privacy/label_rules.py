@@ -15,13 +15,11 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fhir_gateway.context import RequestContext
+from fhir_gateway.rule_files import read_rules
 
 CONFIDENTIALITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 ACT_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -188,27 +186,18 @@ class RuleSet:
     @classmethod
     def load(cls, path: str | Path | None = None) -> RuleSet:
         """A rule file, or the packaged default rules when `path` is None."""
-        if path is None:
-            return _packaged_rules()
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise LabelRulesError(f"{path}: cannot read the label rules ({exc.strerror})") from None
-        return _parse(text, str(path))
+        return _packaged_rules() if path is None else _compile(*_read(path))
 
 
 @cache
 def _packaged_rules() -> RuleSet:
-    text = (files("fhir_gateway") / "privacy" / "rules" / DEFAULT_RULES).read_text(encoding="utf-8")
-    return _parse(text, DEFAULT_RULES)
+    return _compile(*_read(None))
 
 
-def _parse(text: str, origin: str) -> RuleSet:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise LabelRulesError(f"{origin}: not valid YAML") from None
-    return _compile(data, origin)
+def _read(path: str | Path | None) -> tuple[Any, str]:
+    return read_rules(
+        path, package="fhir_gateway.privacy", default=DEFAULT_RULES, what="label rules", error=LabelRulesError
+    )
 
 
 def _codings(node: Any) -> Iterator[tuple[str, str]]:
