@@ -35,13 +35,12 @@ from fhir_gateway.fhir.json import Resource, dumps
 from fhir_gateway.fhir.requests import RequestTarget, parse_target
 from fhir_gateway.pipeline.stage import Pipeline
 from fhir_gateway.privacy.access import PERMIT, AccessPolicy, Decision, Grants, Interaction
-from fhir_gateway.privacy.compartment import compartment_rows
+from fhir_gateway.privacy.compartment import index_rows
 from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.privacy.grants import BREAK_GLASS_ROLE, policy_for
 from fhir_gateway.privacy.redact import redact
 from fhir_gateway.settings import Settings
 from fhir_gateway.store import searching
-from fhir_gateway.store.search.extract import extract
 from fhir_gateway.store.search.params import ParsedSearch, parse_search
 from fhir_gateway.store.search.query import where_clause
 from fhir_gateway.store.store import Store, StoredVersion, Transaction, select_current
@@ -305,9 +304,7 @@ class Gateway:
         labels, references, codes — are never encrypted)."""
         if not policy.restricted or version.deleted:
             return PERMIT
-        resource = version.resource()
-        rows = extract(resource)
-        rows.references.extend(compartment_rows(version.res_type, version.res_id, rows))
+        rows = index_rows(version.res_type, version.res_id, version.resource())
         return policy.decide(version.res_type, version.res_id, version.version_id, rows)
 
     async def present(self, policy: AccessPolicy, version: StoredVersion) -> StoredVersion | None:

@@ -25,8 +25,7 @@ from fhir_gateway.fhir.json import Resource, dumps, loads
 from fhir_gateway.fhir.references import iter_references, rewrite_references
 from fhir_gateway.fhir.requests import RequestTarget, check_id
 from fhir_gateway.pipeline.stage import Change
-from fhir_gateway.privacy.compartment import compartment_rows
-from fhir_gateway.store.search.extract import extract
+from fhir_gateway.privacy.compartment import index_rows
 from fhir_gateway.store.store import StoredVersion, Transaction
 
 if TYPE_CHECKING:
@@ -362,8 +361,7 @@ class EntryProcessor:
                 meta = resource["meta"] = {}
             meta["versionId"] = str(version_id)
             meta["lastUpdated"] = format_instant(now)
-            rows = extract(resource)  # on the plaintext: PHI parameters become blind indexes below
-            rows.references.extend(compartment_rows(res_type, res_id, rows))
+            rows = index_rows(res_type, res_id, resource)  # plaintext: PHI ones become blind indexes below
             sealer = await self._sealer()
             stored = resource
             if sealer is not None:

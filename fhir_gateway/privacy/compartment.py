@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import json
 from importlib.resources import files
+from typing import Any
 
+from fhir_gateway.store.search.extract import extract
 from fhir_gateway.store.search.rows import IndexRows, ReferenceRow
 
 COMPARTMENT_PARAM = "_compartment"
@@ -40,6 +42,17 @@ def compartment_rows(res_type: str, res_id: str, rows: IndexRows) -> list[Refere
         if r.param in params and r.target_type == "Patient" and r.target_id is not None
     )
     return [ReferenceRow(COMPARTMENT_PARAM, "Patient", patient) for patient in sorted(patients)]
+
+
+def index_rows(res_type: str, res_id: str, resource: dict[str, Any]) -> IndexRows:
+    """Every index row of a resource version: its search parameters and its compartment membership.
+
+    The write path stores exactly these rows and the policy decision reads exactly these, so the
+    SQL and the per-resource form of a decision see the same facts.
+    """
+    rows = extract(resource)
+    rows.references.extend(compartment_rows(res_type, res_id, rows))
+    return rows
 
 
 def patients_of(rows: IndexRows) -> set[str]:

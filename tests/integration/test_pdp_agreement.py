@@ -18,10 +18,9 @@ from sqlalchemy import select
 from fhir_gateway.context import RequestContext
 from fhir_gateway.gateway import Gateway
 from fhir_gateway.privacy.access import AccessPolicy, Grants
-from fhir_gateway.privacy.compartment import compartment_rows
+from fhir_gateway.privacy.compartment import index_rows
 from fhir_gateway.privacy.consent import Provision
 from fhir_gateway.store.schema import resources
-from fhir_gateway.store.search.extract import extract
 from fhir_gateway.store.store import Store, current_from_row, select_current
 from tests.conftest import make_settings
 
@@ -159,8 +158,7 @@ async def _agree(store: Store, g: Grants) -> None:
     permitted = set()
     for row in rows:
         version = current_from_row(row)
-        index = extract(version.resource())
-        index.references.extend(compartment_rows(version.res_type, version.res_id, index))
+        index = index_rows(version.res_type, version.res_id, version.resource())
         if policy.decide(version.res_type, version.res_id, version.version_id, index).permitted:
             permitted.add((version.res_type, version.res_id))
     assert admitted == permitted, g
