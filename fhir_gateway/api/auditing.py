@@ -70,7 +70,7 @@ async def record_exchange(request: Request, status: int, error: GatewayError | N
         taken: Note | None = getattr(request.state, "fhir_audit", None)
         ctx = getattr(request.state, "fhir_ctx", None)
         if status == 401 or ctx is None:
-            reason = error.issues[0].code if error is not None else "invalid-token"
+            reason = "invalid token" if request.headers.get("authorization") else "no token"
             request_id = request.headers.get("x-request-id")
             event = login_failure_event(
                 audit.source, reason=reason, request_id=request_id, client_address=client

@@ -10,10 +10,7 @@ import httpx
 import pytest
 
 from fhir_gateway.api.app import create_app
-from fhir_gateway.audit.api import build_audit_router
-from fhir_gateway.audit.config import AuditSettings
 from fhir_gateway.audit.events import (
-    AuditSource,
     Interaction,
     consent_event,
     login_failure_event,
@@ -54,30 +51,14 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         f"sqlite+aiosqlite:///{tmp_path}/gw.db",
         base_url="http://gw.test/fhir",
         security={"allow_anonymous": False},
+        audit={"flush_interval_ms": 5, "spill_path": str(tmp_path / "spill")},
     )
-    app = create_app(settings)
-    runtime = app.state.runtime
-    log = AuditLog(
-        runtime.store,
-        AuditSettings(flush_interval_ms=5, spill_path=str(tmp_path / "spill")),
-        source=AuditSource.from_settings(settings),
-        prepare=runtime.ensure_schema,
-    )
-    router = build_audit_router(runtime, "/fhir", log)
-    before = len(app.router.routes)
-    app.include_router(router)
-    # AuditEvent routes must precede the generic /fhir/{res_type} routes of the REST router.
-    ours = app.router.routes[before:]
-    del app.router.routes[before:]
-    app.router.routes[0:0] = ours
-    async with app.router.lifespan_context(app):
-        await log.start()
-        try:
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-                yield Harness(client, log, settings)
-        finally:
-            await log.stop()
+    app = create_app(settings)  # serves AuditEvent through the runtime's own log, as in production
+    log = app.state.runtime.audit
+    async with app.router.lifespan_context(app):  # its shutdown flushes every queued event
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield Harness(client, log, settings)
 
 
 def ctx(sub: str, fhir_user: str | None = None) -> RequestContext:
