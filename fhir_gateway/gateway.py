@@ -41,6 +41,7 @@ from fhir_gateway.privacy.grants import BREAK_GLASS_ROLE, policy_for
 from fhir_gateway.privacy.redact import redact
 from fhir_gateway.settings import Settings
 from fhir_gateway.store import searching
+from fhir_gateway.store.group import GroupCommit
 from fhir_gateway.store.search.params import ParsedSearch, parse_search
 from fhir_gateway.store.search.query import where_clause
 from fhir_gateway.store.store import Store, StoredVersion, Transaction, select_current
@@ -66,6 +67,7 @@ class Gateway:
         self.types = resource_types()
         self.consents = ConsentCache(store, settings.privacy.consent_cache_seconds)
         self.crypto = PhiCrypto.from_settings(settings)
+        self.group_commit = GroupCommit(store)
         self._crypto_started = self.crypto is None
 
     async def ensure_crypto(self) -> None:
@@ -77,10 +79,16 @@ class Gateway:
 
     # ---- write path -----------------------------------------------------------------------------
     async def submit(
-        self, bundle: Resource, ctx: RequestContext, *, base: str = "", within: CommitHook | None = None
+        self,
+        bundle: Resource,
+        ctx: RequestContext,
+        *,
+        base: str = "",
+        within: CommitHook | None = None,
+        grouped: bool = False,
     ) -> Resource:
         """Apply a transaction or batch Bundle; answer with its transaction-/batch-response Bundle."""
-        results = await self.submit_entries(bundle, ctx, within=within)
+        results = await self.submit_entries(bundle, ctx, within=within, grouped=grouped)
         kind = "transaction-response" if bundle.get("type") == "transaction" else "batch-response"
         return {"resourceType": "Bundle", "type": kind, "entry": [r.to_entry(base) for r in results]}
 
@@ -91,6 +99,7 @@ class Gateway:
         *,
         single: bool = False,
         within: CommitHook | None = None,
+        grouped: bool = False,
     ) -> list[EntryResult]:
         """The entries' results in Bundle order. `single` marks a REST interaction wrapped in a Bundle,
         so error expressions name the resource rather than a Bundle entry the client never sent.
@@ -98,12 +107,17 @@ class Gateway:
         `within` (transactions only) runs inside the submit's database transaction after every entry
         is applied, so an adapter can persist its own record (e.g. the HL7v2 message and its ACK for
         idempotency) atomically with the resources: both commit, or neither does.
+
+        `grouped` (transactions only) lets the transaction share its database transaction with other
+        concurrent grouped submits, inside a savepoint of its own (store/group.py): feeds pay one
+        commit per group of messages instead of one per message. It still returns only after the
+        commit, and its failure rolls back only its own entries.
         """
         plans = self._plan(bundle)
         if bundle.get("type") == "transaction":
-            return await self._transaction(bundle, plans, ctx, single, within)
-        if within is not None:
-            raise ValueError("a commit hook needs a transaction Bundle")
+            return await self._transaction(bundle, plans, ctx, single, within, grouped)
+        if within is not None or grouped:
+            raise ValueError("a commit hook or group commit needs a transaction Bundle")
         return [await self._batch_entry(bundle, plan, ctx) for plan in plans]
 
     async def _transaction(
@@ -113,26 +127,36 @@ class Gateway:
         ctx: RequestContext,
         single: bool,
         within: CommitHook | None,
+        grouped: bool,
     ) -> list[EntryResult]:
-        results: dict[int, EntryResult] = {}
         writes = [p for p in plans if p.method not in ("GET", "HEAD")]
         policy = await self.policy(ctx)
         for plan in writes:
             self._authorize_write(policy, plan, None if single else plan.index)
         await self.ensure_crypto()
-        async with self.store.transaction() as tx:
+
+        async def apply(tx: Transaction) -> dict[int, EntryResult]:
+            applied: dict[int, EntryResult] = {}
             processor = EntryProcessor(self, tx, ctx, bundle, single=single)
             await processor.assign_ids(writes)
             await processor.resolve_references(writes)
+            await processor.prefetch_current(writes)
             for plan in sorted(writes, key=lambda p: (METHOD_ORDER[p.method], p.index)):
                 try:
-                    results[plan.index] = await processor.apply(plan)
+                    applied[plan.index] = await processor.apply(plan)
                 except GatewayError as exc:
                     if not single:
                         exc.issues[0].expression = exc.issues[0].expression or [f"Bundle.entry[{plan.index}]"]
                     raise
             if within is not None:
-                await within(tx, [results[p.index] for p in writes])
+                await within(tx, [applied[p.index] for p in writes])
+            return applied
+
+        if grouped:
+            results = await self.group_commit.run(apply)
+        else:
+            async with self.store.transaction() as tx:
+                results = await apply(tx)
         if any(p.target.res_type == "Consent" for p in writes):
             self.consents.invalidate()  # a consent change takes effect with the next request
         for plan in plans:

@@ -106,6 +106,17 @@ class EntryProcessor:
         self.sealer: Sealer | None = None
         self.bundle = bundle
         self.aliases: dict[str, str] = {}  # fullUrl -> Type/id
+        self._opened: dict[tuple[str, str, int], bytes] = {}  # decrypted versions, serialised
+
+    async def plaintext(self, version: StoredVersion) -> Resource:
+        """`Gateway.plaintext`, decrypting each stored version once per submit: the authority stage
+        and the no-change check both open the previous version. Every caller gets its own copy."""
+        key = (version.res_type, version.res_id, version.version_id)
+        opened = self._opened.get(key)
+        if opened is None:
+            opened = self._opened[key] = dumps(await self.gw.plaintext(version))
+        resource: Resource = loads(opened, what="stored resource")
+        return resource
 
     def where(self, plan: EntryPlan) -> str:
         """Where a problem in an entry's resource is, in the terms the client used."""
@@ -142,6 +153,15 @@ class EntryProcessor:
     def _alias(self, plan: EntryPlan, res_type: str, res_id: str) -> None:
         if plan.full_url:
             self.aliases[plan.full_url] = f"{res_type}/{res_id}"
+
+    async def prefetch_current(self, plans: list[EntryPlan]) -> None:
+        """Read the current versions of every resource the updates and deletes name, at once."""
+        keys = [
+            (p.target.res_type, p.target.res_id or p.assigned_id)
+            for p in plans
+            if p.method != "POST" and p.target.res_type
+        ]
+        await self.tx.prefetch([(t, i) for t, i in keys if i])
 
     async def resolve_references(self, plans: list[EntryPlan]) -> None:
         conditional: dict[str, str] = {}
@@ -207,7 +227,7 @@ class EntryProcessor:
         if plan.if_none_exist:
             existing = await self.tx.current(res_type, plan.assigned_id)
             if existing is not None and not existing.deleted:
-                plain = await self.gw.plaintext(existing)
+                plain = await self.plaintext(existing)
                 return EntryResult(200, res_type, existing.res_id, existing, plain)
         resource = self.gw.check_body(plan.resource, res_type, self.where(plan))
         resource["id"] = plan.assigned_id
@@ -234,7 +254,7 @@ class EntryProcessor:
             raise NotFound("Cannot patch a resource that does not exist", expression=res_type)
         operations = _patch_operations(plan.resource)
         try:
-            patched = jsonpatch.apply_patch(await self.gw.plaintext(previous), operations)
+            patched = jsonpatch.apply_patch(await self.plaintext(previous), operations)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError) as exc:
             raise Unprocessable(
                 f"The JSON Patch could not be applied: {type(exc).__name__}", code="processing"
@@ -302,7 +322,7 @@ class EntryProcessor:
             self.bundle,
             plan.index,
             tx=self.tx,
-            plaintext=self.gw.plaintext,
+            plaintext=self.plaintext,
         )
         await self.gw.pipeline.run(change, self.ctx)
         before = await self._unchanged_base(change, previous)
@@ -315,9 +335,7 @@ class EntryProcessor:
         for addition in change.additions:
             add_type = addition["resourceType"]
             add_id = addition.get("id") or str(uuid.uuid4())
-            await self.store_version(
-                "POST", add_type, add_id, addition, await self.tx.current(add_type, add_id)
-            )
+            await self.store_version("POST", add_type, add_id, addition, None)
         status = 201 if method != "DELETE" and (previous is None or previous.deleted) else 200
         if method == "DELETE":
             status = 204
@@ -330,7 +348,7 @@ class EntryProcessor:
             return None
         if previous is None or previous.deleted or previous.content is None:
             return None
-        return await self.gw.plaintext(previous)
+        return await self.plaintext(previous)
 
     async def _sealer(self) -> Sealer | None:
         """The PHI sealer of this transaction (the key version current when it began)."""

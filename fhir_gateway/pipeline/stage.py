@@ -35,6 +35,8 @@ class Change:
     bundle: Resource  # the submitted Bundle, for stages that need the message context
     entry_index: int
     warnings: list[Issue] = field(default_factory=list)
+    # New resources created with the change (never updates of existing ones: each needs a fresh id or
+    # none, and is stored as version 1 without a lookup).
     additions: list[Resource] = field(default_factory=list)
     # Rows a stage writes through `tx` commit or roll back with the change (e.g. the conflict queue);
     # `plaintext` opens a stored version whose PHI is sealed (e.g. `previous`).

@@ -283,6 +283,7 @@ class DicomIngester:
 
 
 async def _was_deleted(tx: Transaction, res_type: str, res_id: str, version_id: int) -> bool:
+    await tx.flush()  # the version may have been written in this transaction (history is buffered)
     row = (
         await tx.conn.execute(
             select(resource_history.c.deleted).where(

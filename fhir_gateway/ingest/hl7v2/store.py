@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     insert,
     select,
     update,
@@ -135,15 +136,20 @@ def _entry(row: Any) -> ErrorEntry:
     )
 
 
-def _key_where(key: MessageKey) -> Any:
-    c = hl7_messages.c
-    return and_(c.sending_application == key[0], c.sending_facility == key[1], c.control_id == key[2])
+# Built once: statement construction cost more than the indexed lookup itself (once per message).
+_STORED_ACK = select(hl7_messages.c.ack).where(
+    hl7_messages.c.sending_application == bindparam("app"),
+    hl7_messages.c.sending_facility == bindparam("facility"),
+    hl7_messages.c.control_id == bindparam("control_id"),
+)
+_RECORD_MESSAGE = insert(hl7_messages)
 
 
 async def stored_acks(store: Store, key: MessageKey) -> list[str] | None:
     """The ACK(s) already sent for this message key, None when it was never accepted."""
     async with store.reader() as conn:
-        row = (await conn.execute(select(hl7_messages.c.ack).where(_key_where(key)))).first()
+        params = {"app": key[0], "facility": key[1], "control_id": key[2]}
+        row = (await conn.execute(_STORED_ACK, params)).first()
     return row.ack.split(ACK_SEPARATOR) if row is not None else None
 
 
@@ -158,16 +164,17 @@ async def record_message(
 ) -> None:
     """Insert the idempotency row (inside the submit's transaction: the commit hook)."""
     await conn.execute(
-        insert(hl7_messages).values(
-            sending_application=key[0],
-            sending_facility=key[1],
-            control_id=key[2],
-            message_type=message_type,
-            received_at=time.time(),
-            status=status,
-            ack=ACK_SEPARATOR.join(acks),
-            resources=orjson.dumps(resources).decode(),
-        )
+        _RECORD_MESSAGE,
+        {
+            "sending_application": key[0],
+            "sending_facility": key[1],
+            "control_id": key[2],
+            "message_type": message_type,
+            "received_at": time.time(),
+            "status": status,
+            "ack": ACK_SEPARATOR.join(acks),
+            "resources": orjson.dumps(resources).decode(),
+        },
     )
 
 

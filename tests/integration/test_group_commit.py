@@ -1,0 +1,159 @@
+"""Group commit: concurrent grouped submits share a transaction, yet each stands or falls alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_gateway.context import RequestContext
+from fhir_gateway.errors import Conflict, ServiceUnavailable
+from fhir_gateway.gateway import Gateway
+from fhir_gateway.store.group import GroupCommit
+from fhir_gateway.store.store import Store, Transaction
+from tests.conftest import make_settings, pg_schema
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
+    async def opened(url: str) -> AsyncIterator[Gateway]:
+        store = Store(url)
+        await store.upgrade()
+        try:
+            yield Gateway(make_settings(url), store)
+        finally:
+            await store.dispose()
+
+    if request.param == "sqlite":
+        async for gw in opened(f"sqlite+aiosqlite:///{tmp_path}/gc.db"):
+            yield gw
+    else:
+        async with pg_schema() as url:
+            async for gw in opened(url):
+                yield gw
+
+
+def patient(pid: str, family: str, mrn: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": "urn:mrn", "value": mrn}],
+        "name": [{"family": family}],
+        "gender": "female",
+    }
+
+
+def put(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in resources
+        ],
+    }
+
+
+CTX = RequestContext.system("hl7v2", source_system="LAB^HOSP")
+
+
+async def search_ids(gw: Gateway, params: list[tuple[str, str]]) -> list[str]:
+    bundle = await gw.search("Patient", params, RequestContext.system("test"))
+    return sorted(e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match")
+
+
+async def test_concurrent_submits_commit_as_one_group_and_stay_searchable(gateway: Gateway) -> None:
+    bundles = [put(patient(f"p{i}", f"Family{i}", f"MRN{i}")) for i in range(6)]
+    replies = await asyncio.gather(*(gateway.submit(b, CTX, grouped=True) for b in bundles))
+    assert [r["entry"][0]["response"]["status"] for r in replies] == ["201 Created"] * 6
+    # They shared commits (how many groups formed depends on when each submit reached the queue).
+    assert gateway.group_commit.units == 6 and gateway.group_commit.groups < 6
+    # History and index rows were written by the group's flush: every patient is found and has history.
+    assert await search_ids(gateway, [("identifier", "urn:mrn|MRN3")]) == ["p3"]
+    assert await search_ids(gateway, [("family:exact", "Family5")]) == ["p5"]
+    versions, total = await gateway.store.history(res_type="Patient", count=50)
+    assert total == 6 and {v.res_id for v in versions} == {f"p{i}" for i in range(6)}
+
+
+async def test_a_failing_submit_is_rolled_back_alone(gateway: Gateway) -> None:
+    async def record_twice(tx: Transaction, _results: list[Any]) -> None:
+        raise Conflict("the message was already recorded")
+
+    good = gateway.submit(put(patient("a", "Alpha", "A1")), CTX, grouped=True)
+    bad = gateway.submit(put(patient("b", "Beta", "B1")), CTX, grouped=True, within=record_twice)
+    also_good = gateway.submit(put(patient("c", "Gamma", "C1")), CTX, grouped=True)
+    results = await asyncio.gather(good, bad, also_good, return_exceptions=True)
+    assert isinstance(results[1], Conflict)
+    assert not isinstance(results[0], BaseException) and not isinstance(results[2], BaseException)
+    assert await gateway.store.read("Patient", "b") is None
+    # Nothing of the failed unit survives: neither its index rows nor its history.
+    assert await search_ids(gateway, [("family:exact", "Beta")]) == []
+    assert (await gateway.store.history(res_type="Patient", res_id="b", count=5))[1] == 0
+    assert await search_ids(gateway, [("family:exact", "Alpha")]) == ["a"]
+    assert await search_ids(gateway, [("family:exact", "Gamma")]) == ["c"]
+
+
+async def test_an_update_in_a_group_replaces_the_index_rows_of_the_old_version(gateway: Gateway) -> None:
+    await gateway.submit(put(patient("u", "Old", "U1")), CTX, grouped=True)
+    first = gateway.submit(put(patient("u", "Newer", "U1")), CTX, grouped=True)
+    second = gateway.submit(put(patient("v", "Other", "V1")), CTX, grouped=True)
+    await asyncio.gather(first, second)
+    assert await search_ids(gateway, [("family:exact", "Old")]) == []
+    assert await search_ids(gateway, [("family:exact", "Newer")]) == ["u"]
+    current = await gateway.store.read("Patient", "u")
+    assert current is not None and current.version_id == 2
+
+
+async def test_a_failed_commit_fails_every_submit_of_the_group(gateway: Gateway) -> None:
+    group = GroupCommit(gateway.store)
+    seen: list[str] = []
+
+    async def unit(tx: Transaction) -> str:
+        seen.append("ran")
+        return "done"
+
+    real = gateway.store.transaction
+
+    def broken_transaction() -> Any:
+        class Failing:
+            async def __aenter__(self) -> Any:
+                self.inner = real()
+                return await self.inner.__aenter__()
+
+            async def __aexit__(self, *exc: Any) -> bool:
+                await self.inner.__aexit__(ValueError, ValueError("rolled back"), None)
+                raise ServiceUnavailable("The database is unavailable; nothing was written")
+
+        return Failing()
+
+    gateway.store.transaction = broken_transaction  # type: ignore[method-assign]
+    results = await asyncio.gather(group.run(unit), group.run(unit), return_exceptions=True)
+    assert seen == ["ran", "ran"]
+    assert all(isinstance(r, ServiceUnavailable) for r in results)
+    assert group.groups == 0
+
+
+async def test_grouping_needs_a_transaction_bundle(gateway: Gateway) -> None:
+    batch = {**put(patient("x", "X", "X1")), "type": "batch"}
+    with pytest.raises(ValueError, match="transaction Bundle"):
+        await gateway.submit(batch, CTX, grouped=True)
+
+
+async def test_a_resource_written_by_a_rolled_back_submit_is_created_afresh_by_the_next(
+    gateway: Gateway,
+) -> None:
+    async def fail(tx: Transaction, _results: list[Any]) -> None:
+        raise Conflict("the message was already recorded")
+
+    failed = gateway.submit(put(patient("z", "First", "Z1")), CTX, grouped=True, within=fail)
+    retried = gateway.submit(put(patient("z", "Second", "Z1")), CTX, grouped=True)
+    results = await asyncio.gather(failed, retried, return_exceptions=True)
+    assert isinstance(results[0], Conflict)
+    assert not isinstance(results[1], BaseException)
+    assert results[1]["entry"][0]["response"]["status"] == "201 Created"
+    stored = await gateway.store.read("Patient", "z")
+    assert stored is not None and stored.version_id == 1
+    assert await search_ids(gateway, [("family:exact", "Second")]) == ["z"]
