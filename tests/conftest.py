@@ -76,3 +76,13 @@ async def any_client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 async def pg_url() -> AsyncIterator[str]:
     async with pg_schema() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database on each dialect: an SQLite file, or a PostgreSQL schema (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/gw.db"
+    else:
+        async with pg_schema() as url:
+            yield url

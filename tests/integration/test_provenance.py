@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from fhir_gateway.api.app import create_app
 from fhir_gateway.api.provenance import Lineage, build_provenance_router
@@ -49,6 +50,15 @@ ORU = (
 )
 
 
+Database = tuple[Path, str]  # a folder for rule files, and the database URL
+
+
+@pytest.fixture
+def db(tmp_path: Path, any_db_url: str) -> Database:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return tmp_path, any_db_url
+
+
 def adt(
     cid: str, *, app: str = "ADT", dob: str = "19800215", mrn: str = "M1", ts: str = "20240301101500"
 ) -> str:
@@ -61,9 +71,10 @@ def patient_id(mrn: str = "M1") -> str:
 
 @asynccontextmanager
 async def serve(
-    tmp_path: Path, *, rules: str | None = None, config: AuthoritySettings | None = None
+    db: Database, *, rules: str | None = None, config: AuthoritySettings | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/gw.db", pipeline=PIPELINE)
+    tmp_path, url = db
+    settings = make_settings(url, pipeline=PIPELINE)
     app = create_app(settings)
     runtime: Runtime = app.state.runtime
     if rules is not None or config is not None:
@@ -106,8 +117,8 @@ async def send(client: httpx.AsyncClient, message: str) -> str:
 # --- Provenance on every write path -------------------------------------------------------------
 
 
-async def test_rest_create_update_delete_each_get_a_provenance_of_their_version(tmp_path: Path) -> None:
-    async with serve(tmp_path) as (client, _):
+async def test_rest_create_update_delete_each_get_a_provenance_of_their_version(db: Database) -> None:
+    async with serve(db) as (client, _):
         body = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}}
         created = (await client.post("/fhir/Observation", json=body)).json()
         ref = f"Observation/{created['id']}"
@@ -125,8 +136,8 @@ async def test_rest_create_update_delete_each_get_a_provenance_of_their_version(
         assert {"code": "N"}.items() <= by_version["3"]["meta"]["security"][0].items()
 
 
-async def test_a_transaction_gives_every_entry_its_provenance_and_links_the_clients(tmp_path: Path) -> None:
-    async with serve(tmp_path) as (client, _):
+async def test_a_transaction_gives_every_entry_its_provenance_and_links_the_clients(db: Database) -> None:
+    async with serve(db) as (client, _):
         bundle = {
             "resourceType": "Bundle",
             "type": "transaction",
@@ -176,8 +187,8 @@ async def test_a_transaction_gives_every_entry_its_provenance_and_links_the_clie
         assert bundle_entity in ours["entity"] and bundle_entity in for_patient["entity"]
 
 
-async def test_hl7v2_message_provenance_links_the_message_and_its_evn_provenance(tmp_path: Path) -> None:
-    async with serve(tmp_path) as (client, _):
+async def test_hl7v2_message_provenance_links_the_message_and_its_evn_provenance(db: Database) -> None:
+    async with serve(db) as (client, _):
         assert await send(client, adt("C1", app="REG")) == "AA"
         pid = patient_id()
         [evn, ours] = sorted(await provenance_of(client, f"Patient/{pid}"), key=lambda p: "policy" in p)
@@ -197,8 +208,8 @@ async def test_hl7v2_message_provenance_links_the_message_and_its_evn_provenance
         ]
 
 
-async def test_provenance_lineage_crosses_versions_and_derivations(tmp_path: Path) -> None:
-    async with serve(tmp_path) as (client, _):
+async def test_provenance_lineage_crosses_versions_and_derivations(db: Database) -> None:
+    async with serve(db) as (client, _):
         assert await send(client, ORU.format(cid="O1", mrn="M1", dob="19800215")) == "AA"
         observations = (await client.get("/fhir/Observation")).json()["entry"]
         obs = observations[0]["resource"]
@@ -258,8 +269,8 @@ def authority_tags(resource: dict[str, Any]) -> set[str]:
     return {t["code"] for t in resource["meta"].get("tag", []) if t["system"] == AUTHORITY_SYSTEM}
 
 
-async def test_accept_secondary_keeps_the_system_of_records_values_and_logs_the_loser(tmp_path: Path) -> None:
-    async with serve(tmp_path, rules=rules_with("accept-secondary")) as (client, runtime):
+async def test_accept_secondary_keeps_the_system_of_records_values_and_logs_the_loser(db: Database) -> None:
+    async with serve(db, rules=rules_with("accept-secondary")) as (client, runtime):
         pid = patient_id()
         assert await send(client, adt("A1")) == "AA"
         assert authority_tags(await read_patient(client, pid)) == {"sor"}
@@ -286,8 +297,8 @@ async def test_accept_secondary_keeps_the_system_of_records_values_and_logs_the_
         assert (await read_patient(client, pid))["birthDate"] == "1980-02-16"
 
 
-async def test_reject_rule_turns_a_contributors_change_into_an_hl7_error(tmp_path: Path) -> None:
-    async with serve(tmp_path, rules=rules_with("reject")) as (client, _):
+async def test_reject_rule_turns_a_contributors_change_into_an_hl7_error(db: Database) -> None:
+    async with serve(db, rules=rules_with("reject")) as (client, _):
         assert await send(client, adt("A1")) == "AA"
         assert await send(client, adt("R1", app="REG", dob="19990909")) == "AE"
         assert (await read_patient(client, patient_id()))["birthDate"] == "1980-02-15"
@@ -295,8 +306,8 @@ async def test_reject_rule_turns_a_contributors_change_into_an_hl7_error(tmp_pat
         assert await send(client, adt("R2", app="REG")) == "AA"
 
 
-async def test_queued_conflict_is_listed_and_resolved_through_the_gateway(tmp_path: Path) -> None:
-    async with serve(tmp_path, rules=rules_with("queue")) as (client, runtime):
+async def test_queued_conflict_is_listed_and_resolved_through_the_gateway(db: Database) -> None:
+    async with serve(db, rules=rules_with("queue")) as (client, runtime):
         pid = patient_id()
         assert await send(client, adt("A1")) == "AA"
         assert await send(client, adt("Q1", app="REG", dob="19990909")) == "AA"
@@ -339,8 +350,8 @@ async def test_queued_conflict_is_listed_and_resolved_through_the_gateway(tmp_pa
         assert closed.decision == {"birthDate": "proposed"}
 
 
-async def test_conflict_queue_is_for_reviewers_and_answers_bad_requests(tmp_path: Path) -> None:
-    async with serve(tmp_path, rules=rules_with("queue")) as (client, runtime):
+async def test_conflict_queue_is_for_reviewers_and_answers_bad_requests(db: Database) -> None:
+    async with serve(db, rules=rules_with("queue")) as (client, runtime):
         assert await send(client, adt("A1")) == "AA"
         assert await send(client, adt("Q1", app="REG", dob="19990909")) == "AA"
         [row] = await conflicts.open_conflicts(runtime.store)
@@ -367,8 +378,8 @@ async def test_conflict_queue_is_for_reviewers_and_answers_bad_requests(tmp_path
         assert listed.json()["total"] == 1
 
 
-async def test_source_timestamps_settle_conflicts_between_contributors(tmp_path: Path) -> None:
-    async with serve(tmp_path, rules=rules_with("accept-secondary")) as (client, runtime):
+async def test_source_timestamps_settle_conflicts_between_contributors(db: Database) -> None:
+    async with serve(db, rules=rules_with("accept-secondary")) as (client, runtime):
         pid = patient_id()
         assert await send(client, adt("T1", app="REG", ts="20240305100000")) == "AA"
         # An older message from another system arrives later: its value loses, and is logged.
@@ -385,8 +396,8 @@ async def test_source_timestamps_settle_conflicts_between_contributors(tmp_path:
         assert (await read_patient(client, pid))["birthDate"] == "1970-01-01"
 
 
-async def test_an_unchanged_resend_makes_no_version_and_no_provenance(tmp_path: Path) -> None:
-    async with serve(tmp_path) as (client, _):
+async def test_an_unchanged_resend_makes_no_version_and_no_provenance(db: Database) -> None:
+    async with serve(db) as (client, _):
         pid = patient_id()
         assert await send(client, adt("U1", app="REG")) == "AA"
         before = await provenance_of(client, f"Patient/{pid}")
@@ -396,9 +407,9 @@ async def test_an_unchanged_resend_makes_no_version_and_no_provenance(tmp_path: 
         assert len(ours) == len([p for p in before if "policy" in p]) == 1
 
 
-async def test_authoritative_updates_are_pushed_and_retried_until_delivered(tmp_path: Path) -> None:
+async def test_authoritative_updates_are_pushed_and_retried_until_delivered(db: Database) -> None:
     config = AuthoritySettings(subscribers=(Subscriber(category="demographics", channel="sor-mpi"),))
-    async with serve(tmp_path, config=config) as (client, runtime):
+    async with serve(db, config=config) as (client, runtime):
         assert await send(client, adt("P1")) == "AA"  # ADT^HOSP: the SoR for demographics
         assert await send(client, adt("P2", app="REG", dob="19990909")) == "AA"  # a contributor: no push
         pending = [m for m in await messages(runtime.store, pending_only=True) if m.channel == "sor-mpi"]
@@ -428,9 +439,9 @@ async def test_authoritative_updates_are_pushed_and_retried_until_delivered(tmp_
 
 
 async def test_a_deleted_resource_keeps_its_lineage_and_its_conflicts_cannot_be_applied(
-    tmp_path: Path,
+    db: Database,
 ) -> None:
-    async with serve(tmp_path, rules=rules_with("queue")) as (client, runtime):
+    async with serve(db, rules=rules_with("queue")) as (client, runtime):
         pid = patient_id()
         assert await send(client, adt("A1")) == "AA"
         assert await send(client, adt("Q1", app="REG", dob="19990909")) == "AA"
@@ -460,8 +471,8 @@ async def test_a_deleted_resource_keeps_its_lineage_and_its_conflicts_cannot_be_
         assert (await client.post(f"/fhir/$conflicts/{row.id}/$resolve", json=take)).status_code == 409
 
 
-async def test_lineage_is_cut_with_a_warning_and_hides_sources_it_cannot_read(tmp_path: Path) -> None:
-    async with serve(tmp_path) as (client, runtime):
+async def test_lineage_is_cut_with_a_warning_and_hides_sources_it_cannot_read(db: Database) -> None:
+    async with serve(db) as (client, runtime):
         assert await send(client, adt("L1", app="REG")) == "AA"
         pid = patient_id()
         full = (await client.get(f"/fhir/Patient/{pid}/$provenance", params={"depth": "2"})).json()

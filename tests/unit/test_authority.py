@@ -413,8 +413,8 @@ async def test_pushes_need_the_transaction(tmp_path: Path) -> None:
 # --- the conflicts table ------------------------------------------------------------------------
 
 
-async def test_conflict_rows_are_recorded_listed_and_closed_once(tmp_path: Path) -> None:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+async def test_conflict_rows_are_recorded_listed_and_closed_once(any_db_url: str) -> None:
+    store = Store(any_db_url)
     await store.upgrade()
     try:
         claim = Claim("hl7v2|REG^HOSP", False, 5.0)
