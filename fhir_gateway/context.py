@@ -33,6 +33,9 @@ class RequestContext:
     # The request's compiled access policy (privacy/grants.policy_for): one per request, so its
     # decisions are cached for exactly as long as the request lives.
     policy: AccessPolicy | None = field(default=None, repr=False, compare=False)
+    # HTTP `Warning` values for this request's answer (e.g. a system of record is unavailable and
+    # the data may be stale: pipeline/outage.py); the REST layer sends them as headers.
+    warnings: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
     def system(cls, source: str, source_system: str | None = None) -> RequestContext:

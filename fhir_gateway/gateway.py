@@ -9,10 +9,10 @@ once. Reads go through `read`/`vread`/`history`/`search`, where the policy decis
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from sqlalchemy import Select
 
@@ -23,6 +23,7 @@ from fhir_gateway.crypto.service import PhiCrypto
 from fhir_gateway.definitions.search_parameters import resource_types
 from fhir_gateway.errors import (
     BadRequest,
+    Forbidden,
     GatewayError,
     Gone,
     Issue,
@@ -33,6 +34,8 @@ from fhir_gateway.errors import (
 from fhir_gateway.fhir.dates import date_range, format_instant
 from fhir_gateway.fhir.json import Resource, dumps
 from fhir_gateway.fhir.requests import RequestTarget, parse_target
+from fhir_gateway.pipeline import feed
+from fhir_gateway.pipeline.outage import OutageReads
 from fhir_gateway.pipeline.stage import Pipeline
 from fhir_gateway.privacy.access import PERMIT, AccessPolicy, Decision, Grants, Interaction
 from fhir_gateway.privacy.compartment import index_rows
@@ -56,6 +59,9 @@ WRITE_INTERACTIONS: dict[str, Interaction] = {
 }
 # Stored content holding encrypted PHI carries the marker extension: without it there is nothing to open.
 ENCRYPTED_MARK = MARKER_URL.encode()
+# $changes: where a feed entry stands, and where the next pull resumes (pass it back as _cursor).
+FEED_POSITION = "http://fhir-gateway.dev/fhir/StructureDefinition/change-feed-position"
+FEED_CURSOR = "http://fhir-gateway.dev/fhir/StructureDefinition/change-feed-cursor"
 CommitHook = Callable[[Transaction, list[EntryResult]], Awaitable[None]]
 
 
@@ -69,6 +75,7 @@ class Gateway:
         self.crypto = PhiCrypto.from_settings(settings)
         self.group_commit = GroupCommit(store)
         self._crypto_started = self.crypto is None
+        self.outage = OutageReads.from_settings(settings, store)  # None: no system of record tracked
 
     async def ensure_crypto(self) -> None:
         """Load (on first use: create) the PHI key ring; before any write transaction opens, since
@@ -298,7 +305,9 @@ class Gateway:
         policy = await self.policy(ctx)
         policy.require(res_type, "read")
         version = await self.store.read(res_type, res_id)
-        return await self._check_visible(policy, version, res_type, "Resource")
+        shown = await self._check_visible(policy, version, res_type, "Resource")
+        [served], _ = await self.authoritative(policy, [shown], ctx)
+        return served
 
     async def vread(self, res_type: str, res_id: str, version_id: int, ctx: RequestContext) -> StoredVersion:
         policy = await self.policy(ctx)
@@ -354,6 +363,22 @@ class Gateway:
         if self.crypto is not None and version.content is not None and ENCRYPTED_MARK in version.content:
             resource = await self.crypto.open(self.store, resource, version.res_type, version.res_id)
         return resource
+
+    async def authoritative(
+        self, policy: AccessPolicy, versions: list[StoredVersion], ctx: RequestContext
+    ) -> tuple[list[StoredVersion], list[Issue]]:
+        """Presented versions as they are served while a system of record is down (pipeline/outage:
+        the last version it confirmed, presented through `present` again), and the warnings: added
+        to `ctx.warnings` (HTTP Warning) and returned as issues for a Bundle's outcome entry."""
+        if self.outage is None or not versions:
+            return versions, []
+
+        async def present(version: StoredVersion) -> StoredVersion | None:
+            return await self.present(policy, version)
+
+        served, notices = await self.outage.serve(versions, present)
+        ctx.warnings.extend(n.warning() for n in notices if n.warning() not in ctx.warnings)
+        return served, [n.issue() for n in notices]
 
     async def present_all(
         self, policy: AccessPolicy, versions: list[StoredVersion]
@@ -448,6 +473,51 @@ class Gateway:
             "entry": entries,
         }
 
+    async def changes(
+        self,
+        category: str,
+        types: Collection[str],
+        ctx: RequestContext,
+        *,
+        cursor: int,
+        count: int,
+        base: str = "",
+    ) -> Resource:
+        """The category's change feed after `cursor` (pipeline/feed.py), oldest first, through the
+        PDP like `_history`: only changes of resources the caller may see (of the category's types
+        it may search), a past version it may not see listed without its content."""
+        policy = await self.policy(ctx)
+        allowed = sorted(t for t in types if policy.allows(t, "search"))
+        if not allowed:
+            raise Forbidden(f"This caller may not search the resources of {category}", expression="category")
+        await feed.seal(self.store, category)
+        rows = await feed.page(
+            self.store,
+            category,
+            after=cursor,
+            count=count,
+            types=allowed,
+            visible=policy.visible if policy.restricted else None,
+        )
+        shown, problems = await self.present_all(policy, [v for _, v in rows])
+        visible = {(v.res_type, v.res_id, v.version_id): v for v in shown}
+        entries = []
+        for position, v in rows:
+            entry = _history_entry(v, visible.get((v.res_type, v.res_id, v.version_id)), base)
+            entries.append({"extension": [{"url": FEED_POSITION, "valueString": str(position)}], **entry})
+        resume = rows[-1][0] if rows else cursor
+        url = f"{base}/$changes?" + urlencode({"category": category, "_count": count})
+        links = [{"relation": "self", "url": f"{url}&_cursor={cursor}"}]
+        if len(rows) == count:  # a full page: more may be waiting
+            links.append({"relation": "next", "url": f"{url}&_cursor={resume}"})
+        return {
+            "resourceType": "Bundle",
+            "meta": {"extension": [{"url": FEED_CURSOR, "valueString": str(resume)}]},
+            "type": "history",
+            "link": links,
+            "entry": entries + _outcome_entries(problems),
+        }
+
     async def everything(
         self, patient_id: str, ctx: RequestContext, *, query: Sequence[tuple[str, str]] = (), base: str = ""
     ) -> Resource:
@@ -462,6 +532,8 @@ class Gateway:
             self.store, patient.res_id, count=count, offset=offset, visible=policy.visible
         )
         versions, problems = await self.present_all(policy, versions)
+        versions, stale = await self.authoritative(policy, versions, ctx)
+        problems += stale
         url = f"{base}/Patient/{patient.res_id}/$everything"
         return {
             "resourceType": "Bundle",
@@ -504,8 +576,10 @@ class Gateway:
         page = await searching.run(self.store, parsed, visible=policy.visible)
         page.matches, problems = await self.present_all(policy, page.matches)
         page.includes, more = await self.present_all(policy, page.includes)
+        page.matches, stale = await self.authoritative(policy, page.matches, ctx)
+        page.includes, stale_includes = await self.authoritative(policy, page.includes, ctx)
         bundle = searching.bundle(parsed, page, base)
-        bundle["entry"] += _outcome_entries(problems + more)
+        bundle["entry"] += _outcome_entries(problems + more + _unique(stale + stale_includes))
         if await self._withheld_from_emergency_user(ctx, policy, parsed):
             bundle["entry"].append({"resource": SUPPRESSED, "search": {"mode": "outcome"}})
         return bundle
@@ -538,6 +612,10 @@ SUPPRESSED = operation_outcome(
         )
     ]
 )
+
+
+def _unique(issues: list[Issue]) -> list[Issue]:
+    return [i for n, i in enumerate(issues) if i not in issues[:n]]
 
 
 def _outcome_entries(problems: list[Issue]) -> list[Resource]:

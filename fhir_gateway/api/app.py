@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 
 from fhir_gateway import __version__
+from fhir_gateway.api.changes import build_changes_router
 from fhir_gateway.api.dicomweb import build_dicomweb_router
 from fhir_gateway.api.health import build_health_router
 from fhir_gateway.api.hl7v2 import build_hl7_router
@@ -40,6 +41,7 @@ def fhir_router(
     wake = runtime.breakglass.dispatcher.wake
     router.include_router(build_breakglass_router(runtime, prefix, runtime.audit, on_enqueue=wake))
     router.include_router(build_provenance_router(runtime, prefix))
+    router.include_router(build_changes_router(runtime, prefix))
     router.include_router(build_deid_router(runtime, prefix))
     router.include_router(build_router(runtime, prefix))
     return router

@@ -25,7 +25,7 @@ INTERACTIONS = [
 ]
 UNSUPPORTED_SEARCH_TYPES = {"special"}
 READ_ONLY = {"AuditEvent": ["read", "search-type"]}  # written by the server alone (audit trail)
-SYSTEM_OPERATIONS = ["break-glass-justify", "break-glass-report", "de-identify", "conflicts"]
+SYSTEM_OPERATIONS = ["break-glass-justify", "break-glass-report", "de-identify", "conflicts", "changes"]
 TYPE_OPERATIONS = {"*": ["validate", "provenance"], "Patient": ["everything", "break-glass"]}
 OPERATION_BASE = "http://fhir-gateway.org/OperationDefinition/"
 STANDARD_OPERATIONS = {

@@ -18,6 +18,7 @@ from fhir_gateway.api.negotiation import Prefer, check_format, read_json_body
 from fhir_gateway.api.responses import FHIR_JSON, FhirResponse, FhirRoute, http_date
 from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.audit.events import Interaction
+from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import BadRequest, information
 from fhir_gateway.fhir import elements as subsetting
 from fhir_gateway.fhir.json import Resource, loads
@@ -124,7 +125,7 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         gateway = await runtime.ready_gateway()
         strict = None if handling is None else handling == "strict"
         bundle = await gateway.search(res_type, raw, ctx, base=base_of(request), strict=strict)
-        return bundle_response(taken, bundle, pretty)
+        return with_warnings(bundle_response(taken, bundle, pretty), ctx)
 
     @router.post("/{res_type}")
     async def create(request: Request, res_type: str) -> Response:
@@ -179,10 +180,11 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         )
         pretty = check_format(request)
         gateway = await runtime.ready_gateway()
+        ctx = runtime.context(request)
         bundle = await gateway.everything(
-            check_id(res_id), runtime.context(request), query=query_of(request), base=base_of(request)
+            check_id(res_id), ctx, query=query_of(request), base=base_of(request)
         )
-        return bundle_response(taken, bundle, pretty)
+        return with_warnings(bundle_response(taken, bundle, pretty), ctx)
 
     @router.get("/{res_type}/{res_id}")
     async def read(request: Request, res_type: str, res_id: str) -> Response:
@@ -190,9 +192,10 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         pretty = check_format(request)
         known_type(res_type)
         gateway = await runtime.ready_gateway()
-        version = await gateway.read(res_type, check_id(res_id), runtime.context(request))
+        ctx = runtime.context(request)
+        version = await gateway.read(res_type, check_id(res_id), ctx)
         taken.returned([version.resource()])
-        return read_response(request, version, pretty)
+        return with_warnings(read_response(request, version, pretty), ctx)
 
     @router.put("/{res_type}/{res_id}")
     async def update(request: Request, res_type: str, res_id: str) -> Response:
@@ -282,6 +285,14 @@ def conditional_url(request: Request, res_type: str) -> str:
             "A conditional request on a type needs search parameters in the URL", expression="url"
         )
     return f"{res_type}?{query}"
+
+
+def with_warnings(response: Response, ctx: RequestContext) -> Response:
+    """Send the request's warnings (e.g. a system of record is down: pipeline/outage.py) as HTTP
+    `Warning` headers, one value each."""
+    for value in ctx.warnings:
+        response.headers.append("Warning", value)
+    return response
 
 
 def version_headers(version: StoredVersion) -> dict[str, str]:

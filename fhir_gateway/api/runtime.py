@@ -21,6 +21,8 @@ from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import GatewayError, Unauthorized
 from fhir_gateway.gateway import Gateway
 from fhir_gateway.ingest.dicom.ingest import DicomIngester
+from fhir_gateway.routing.availability import Availability
+from fhir_gateway.routing.outbox import finish
 from fhir_gateway.settings import Settings
 from fhir_gateway.store.store import Store
 
@@ -43,6 +45,14 @@ class Runtime:
         from fhir_gateway.privacy.breakglass_api import BreakGlassServices  # it imports this module
 
         self.breakglass = BreakGlassServices(self, self.audit)  # outbox dispatcher, escalation loop
+        # Systems of record: their deliveries (the dispatcher's outcomes) and health probes say
+        # whether each is up; readers are warned while one is not (pipeline/outage.py).
+        dispatcher = self.breakglass.dispatcher
+        self.availability = Availability(
+            self.store, settings.authority, wake=dispatcher.wake, client=self.breakglass.client
+        )
+        if self.availability.channels:
+            dispatcher.observer = self.availability.observe
         self._migrated = not settings.run_migrations
         self._lock = asyncio.Lock()
 
@@ -87,12 +97,24 @@ class Runtime:
         finally:
             await self.breakglass.stop()
 
+    @asynccontextmanager
+    async def _probe_service(self) -> AsyncIterator[None]:
+        """The health probes of the systems of record that name a `health_url`."""
+        task = asyncio.create_task(self.availability.run(), name="sor-health-probes")
+        try:
+            yield
+        finally:
+            self.availability.stop()
+            await finish(task, 5.0)
+
     def services(self) -> list[AbstractAsyncContextManager[Any]]:
         """The listeners and background workers that live as long as the server (in start order)."""
         from fhir_gateway.ingest.dicom.scp import dicom_listener
         from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
 
         found: list[AbstractAsyncContextManager[Any]] = [self._breakglass_service()]
+        if self.availability.probes:
+            found.append(self._probe_service())
         if self.settings.mllp_port is not None:
             found.append(mllp_listener(self, self.settings.host, self.settings.mllp_port))
         if self.settings.dicom_port is not None:

@@ -14,8 +14,11 @@ Pipeline spec: `fhir_gateway.pipeline.authority:authority_stage`; rules: `pipeli
 4. records the decision in the version's Provenance (added by the provenance stage, which must run
    before this one): policy `{policy}/{version}#{category}/{decision}`, `urn:fhir-gateway:conflict:N`
    for a logged or queued conflict, and ISO 21089 `merge` when two sources' values were combined;
-5. pushes authoritative updates to the category's subscribers through the durable outbox (a
-   reference, never content: the subscriber reads the version back through the PDP).
+5. notes the version in the category's change feed (pipeline/feed.py, `$changes`), and pushes it
+   through the durable outbox (a reference, never content: the receiver reads the version back
+   through the PDP): authoritative updates to the category's subscribers, contributions (versions
+   other sources wrote) to its system of record, where one is subscribed. While the SoR is down
+   those pushes wait in the outbox and are retried; nothing is dropped.
 
 Rows (conflicts, outbox) are written in the submit's own transaction through `change.tx`, and the
 previous version is decrypted through `change.plaintext` — both handed to stages by the
@@ -36,7 +39,7 @@ from fhir_gateway.crypto.fields import MARKER_URL
 from fhir_gateway.errors import Issue, Unprocessable
 from fhir_gateway.fhir.dates import date_range, format_instant
 from fhir_gateway.fhir.json import Resource
-from fhir_gateway.pipeline import conflicts
+from fhir_gateway.pipeline import conflicts, feed
 from fhir_gateway.pipeline.authority_config import AuthoritySettings
 from fhir_gateway.pipeline.conflicts import Claim, Resolution
 from fhir_gateway.pipeline.provenance import (
@@ -165,7 +168,9 @@ class AuthorityStage:
         self.config = config
         self.subscribers: dict[str, tuple[str, ...]] = {}
         for sub in config.subscribers:
-            self.subscribers[sub.category] = (*self.subscribers.get(sub.category, ()), sub.channel)
+            if not sub.system_of_record:
+                self.subscribers[sub.category] = (*self.subscribers.get(sub.category, ()), sub.channel)
+        self.sor_channels = config.sor_channels()
 
     async def __call__(self, change: Change, ctx: RequestContext) -> None:
         if change.res_type in UNPROVENANCED or change.res_type not in self.registry.by_type:
@@ -199,8 +204,15 @@ class AuthorityStage:
         elif not await self._update(change, category, new, held_by_sor, outcome, tx):
             return  # nothing changed: no version, so nothing to record or push
         self._record(change, category, outcome)
-        if new.authoritative and "resolved" not in outcome.decisions:
-            await self._push(change, category, ctx, tx)
+        if tx is not None:
+            await feed.append(tx, category.name, change.res_type, change.res_id, next_version(change))
+        if "resolved" in outcome.decisions:
+            return
+        if new.authoritative:
+            await self._push(change, category, ctx, tx, self.subscribers.get(category.name, ()))
+        elif category.name in self.sor_channels:
+            sor = (self.sor_channels[category.name],)
+            await self._push(change, category, ctx, tx, sor, event="contribution")
 
     async def _update(
         self,
@@ -338,16 +350,22 @@ class AuthorityStage:
             activity["coding"].append({"system": LIFECYCLE, "code": "merge", "display": "Merge"})
 
     async def _push(
-        self, change: Change, category: Category, ctx: RequestContext, tx: Transaction | None
+        self,
+        change: Change,
+        category: Category,
+        ctx: RequestContext,
+        tx: Transaction | None,
+        channels: tuple[str, ...],
+        *,
+        event: str = "authoritative-update",
     ) -> None:
-        channels = self.subscribers.get(category.name, ())
         if not channels:
             return
         if tx is None:
             log.warning("authority_push_not_queued", extra={"category": category.name})
             return
         payload = {
-            "event": "authoritative-update",
+            "event": event,
             "category": category.name,
             "resource": versioned(change.res_type, change.res_id, next_version(change)),
             "interaction": change.interaction,

@@ -1,5 +1,5 @@
-"""The `conflicts` table: contradicting writes the authority rules could not settle, and the log of
-those they settled.
+"""The authority tables: `conflicts` (contradicting writes the authority rules could not settle, and
+the log of those they settled) and the per-category change feed (`change_feed`, `change_feed_head`).
 
 Created by migration 0007. One row per conflict on one resource version:
 
@@ -15,7 +15,7 @@ Created by migration 0007. One row per conflict on one resource version:
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Index, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, String, Table, Text
 
 from fhir_gateway.store.schema import PK, metadata
 
@@ -41,3 +41,26 @@ conflicts = Table(
 )
 Index("ix_conflicts_status", conflicts.c.status, conflicts.c.created)
 Index("ix_conflicts_resource", conflicts.c.res_type, conflicts.c.res_id)
+
+# The change feed (migration 0008; pipeline/feed.py says how positions are given). One row per
+# version of a governed resource, written in the version's own transaction; `seq` is its position
+# in the category's feed, NULL until a reader seals it; `change_feed_head` holds each category's
+# last given position (its row lock serialises sealing).
+change_feed = Table(
+    "change_feed",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("category", String(64), nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=True),
+)
+Index("ix_change_feed_position", change_feed.c.category, change_feed.c.seq)
+
+change_feed_head = Table(
+    "change_feed_head",
+    metadata,
+    Column("category", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import smtplib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -100,6 +100,21 @@ async def messages(store: Store, *, pending_only: bool = False) -> list[Message]
         stmt = stmt.where(outbox.c.delivered_at.is_(None))
     async with store.reader() as conn:
         return [_message(row) for row in (await conn.execute(stmt)).all()]
+
+
+async def release(store: Store, channel: str, *, now: float | None = None) -> int:
+    """Make a channel's undelivered messages due now (its receiver is back: no need to wait out the
+    back-off); returns how many."""
+    moment = time.time() if now is None else now
+    stmt = (
+        update(outbox)
+        .where(and_(outbox.c.channel == channel, outbox.c.delivered_at.is_(None)))
+        .where(outbox.c.next_attempt_at > moment)
+        .values(next_attempt_at=moment)
+        .returning(outbox.c.id)
+    )
+    async with store.transaction() as tx:
+        return len((await tx.conn.execute(stmt)).all())
 
 
 def _by_id(message: Message) -> int:
@@ -258,6 +273,9 @@ _FAILED = (
 )
 
 
+Observer = Callable[[Sequence[tuple[Message, str | None]]], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Seconds before attempt n+1 after n failures: first, doubling, capped."""
@@ -274,7 +292,9 @@ class Dispatcher:
     (after `settle_seconds`, so that a burst of messages goes out in one pass).
 
     `prepare` runs before each pass (the runtime's migrations); a pass that fails (database down)
-    is logged and the next one tried after `poll_seconds`.
+    is logged and the next one tried after `poll_seconds`. `observer` (a notification hook: its
+    exceptions are logged and swallowed) is told each pass's (message, error or None) outcomes,
+    e.g. routing/availability.py, which tracks systems of record.
     """
 
     def __init__(
@@ -290,8 +310,10 @@ class Dispatcher:
         settle_seconds: float = 0.02,
         prepare: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
+        self.observer = observer
         self.channels = dict(channels)
         self.backoff = backoff or Backoff()
         self.poll_seconds = poll_seconds
@@ -363,6 +385,11 @@ class Dispatcher:
                 await tx.conn.execute(_DELIVERED, {"ids": delivered, "at": now})
             if failed:
                 await tx.conn.execute(_FAILED, failed)
+        if self.observer is not None:
+            try:
+                await self.observer(list(zip(claimed, outcomes, strict=True)))
+            except Exception as exc:  # a notification hook: delivery bookkeeping is already done
+                log.warning("outbox_observer_failed", error=type(exc).__name__)
         return len(delivered)
 
     async def _attempt(self, message: Message) -> str | None:
