@@ -301,13 +301,20 @@ class Gateway:
     async def policy(self, ctx: RequestContext) -> AccessPolicy:
         return await policy_for(ctx, self.settings, self.consents)
 
-    async def read(self, res_type: str, res_id: str, ctx: RequestContext) -> StoredVersion:
+    async def read(
+        self, res_type: str, res_id: str, ctx: RequestContext, *, served: bool = False
+    ) -> StoredVersion:
+        """The current version as the caller may see it. `served` (a client's read, not the
+        gateway's own, e.g. an ingest merging into the current version): while the resource's
+        system of record is down, the version it last confirmed, with a warning (`authoritative`)."""
         policy = await self.policy(ctx)
         policy.require(res_type, "read")
         version = await self.store.read(res_type, res_id)
         shown = await self._check_visible(policy, version, res_type, "Resource")
-        [served], _ = await self.authoritative(policy, [shown], ctx)
-        return served
+        if not served:
+            return shown
+        [answer], _ = await self.authoritative(policy, [shown], ctx)
+        return answer
 
     async def vread(self, res_type: str, res_id: str, version_id: int, ctx: RequestContext) -> StoredVersion:
         policy = await self.policy(ctx)
@@ -404,11 +411,11 @@ class Gateway:
                 v = await (
                     self.vread(target.res_type, target.res_id, target.version_id, ctx)
                     if target.version_id is not None
-                    else self.read(target.res_type, target.res_id, ctx)
+                    else self.read(target.res_type, target.res_id, ctx, served=True)
                 )
                 return EntryResult(200, v.res_type, v.res_id, v, v.resource())
             if target.res_type and target.operation in (None, "_search") and target.res_id is None:
-                bundle = await self.search(target.res_type, list(target.query), ctx, base=base)
+                bundle = await self.search(target.res_type, list(target.query), ctx, base=base, served=True)
                 return EntryResult(200, resource=bundle)
             if target.operation == "_history":
                 bundle = await self.history(
@@ -559,7 +566,10 @@ class Gateway:
         *,
         base: str = "",
         strict: bool | None = None,
+        served: bool = False,
     ) -> Resource:
+        """A search Bundle of what the caller may see; `served` as for `read` (a client's search:
+        last confirmed versions and an outcome warning while a system of record is down)."""
         strict = self.settings.search_handling == "strict" if strict is None else strict
         parsed = parse_search(
             res_type,
@@ -576,10 +586,13 @@ class Gateway:
         page = await searching.run(self.store, parsed, visible=policy.visible)
         page.matches, problems = await self.present_all(policy, page.matches)
         page.includes, more = await self.present_all(policy, page.includes)
-        page.matches, stale = await self.authoritative(policy, page.matches, ctx)
-        page.includes, stale_includes = await self.authoritative(policy, page.includes, ctx)
+        stale: list[Issue] = []
+        if served:
+            page.matches, stale = await self.authoritative(policy, page.matches, ctx)
+            page.includes, stale_includes = await self.authoritative(policy, page.includes, ctx)
+            stale += stale_includes
         bundle = searching.bundle(parsed, page, base)
-        bundle["entry"] += _outcome_entries(problems + more + _unique(stale + stale_includes))
+        bundle["entry"] += _outcome_entries(problems + more + _unique(stale))
         if await self._withheld_from_emergency_user(ctx, policy, parsed):
             bundle["entry"].append({"resource": SUPPRESSED, "search": {"mode": "outcome"}})
         return bundle

@@ -16,10 +16,10 @@
 
 Everything is read through the Gateway (its policy decision point): lineage only shows Provenance
 and sources the caller may read; a conflict is listed only to reviewers (settings
-`authority.reviewer_roles`) who may read its resource. The pull side of the change feed is the
-standard `GET [base]/[type]/_history?_since=` (every version, oldest cursor first by `_since`); the
-push side is the outbox (authority stage, `authority.subscribers`). Include this router before the
-REST router, or `$provenance`/`$conflicts` would be read as ids.
+`authority.reviewer_roles`) who may read its resource. The pull side of the change feed is
+`GET [base]/$changes` (api/changes.py, a durable cursor per category); the push side is the outbox
+(authority stage, `authority.subscribers`). Include this router before the REST router, or
+`$provenance`/`$conflicts` would be read as ids.
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         handling = Prefer.parse(request.headers.get("prefer")).handling
         gateway = await runtime.ready_gateway()
         strict = None if handling is None else handling == "strict"
-        bundle = await gateway.search(res_type, raw, ctx, base=base_of(request), strict=strict)
+        bundle = await gateway.search(res_type, raw, ctx, base=base_of(request), strict=strict, served=True)
         return with_warnings(bundle_response(taken, bundle, pretty), ctx)
 
     @router.post("/{res_type}")
@@ -193,7 +193,7 @@ def build_router(runtime: Runtime, prefix: str) -> APIRouter:
         known_type(res_type)
         gateway = await runtime.ready_gateway()
         ctx = runtime.context(request)
-        version = await gateway.read(res_type, check_id(res_id), ctx)
+        version = await gateway.read(res_type, check_id(res_id), ctx, served=True)
         taken.returned([version.resource()])
         return with_warnings(read_response(request, version, pretty), ctx)
 
