@@ -41,7 +41,12 @@ from sqlalchemy.sql import FromClause
 
 from fhir_gateway.pipeline.tables import change_feed, change_feed_head
 from fhir_gateway.store.schema import resource_history, resources
-from fhir_gateway.store.store import Store, StoredVersion, Transaction
+from fhir_gateway.store.store import (
+    Store,
+    StoredVersion,
+    Transaction,
+    _history_from_row,  # the history row → version mapping, once
+)
 
 SEAL_BATCH = 10_000  # rows numbered per seal; the rest get theirs in the next one
 Visible = Callable[[FromClause], ColumnElement[bool]]
@@ -121,18 +126,4 @@ async def page(
     )
     async with store.reader(offload=True) as conn:
         rows = (await conn.execute(stmt)).all()
-    return [
-        (
-            int(row.seq),
-            StoredVersion(
-                res_type=row.res_type,
-                res_id=row.res_id,
-                version_id=row.version_id,
-                last_updated=row.last_updated,
-                deleted=bool(row.deleted),
-                content=row.content,
-                method=row.method,
-            ),
-        )
-        for row in rows
-    ]
+    return [(int(row.seq), _history_from_row(row)) for row in rows]
