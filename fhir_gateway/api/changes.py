@@ -13,6 +13,11 @@ Read through the Gateway's policy decision point like `_history`: only the categ
 types the caller may search, only resources it may see, a past version it may not see listed
 without content. Categories are the registry's (`authority.rules`); the authority stage writes
 the feed in each version's own transaction. Audited as an operation with the resources returned.
+
+Positions are the category's, shared by all callers (that is what makes a cursor durable): a caller
+restricted by scopes, labels or consent skips the positions of changes it may not see, so the gaps
+between its positions say that something else changed in the category, never what or to whom.
+The feed is meant for systems of record and replicas, which read unrestricted.
 """
 
 from __future__ import annotations

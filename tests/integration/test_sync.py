@@ -337,6 +337,24 @@ async def test_outage_serves_the_last_authoritative_version_with_a_warning_and_c
         assert "lab-results" in issue["diagnostics"] and "Jane" not in issue["diagnostics"]
         # Another category is not affected.
         assert (await client.get("/fhir/Patient/p1")).headers.get("Warning") is None
+        # $everything and a batch's GET are client reads too.
+        r = await client.get("/fhir/Patient/p1/$everything")
+        everything = r.json()["entry"]
+        assert r.headers["Warning"].startswith("110 ")
+        hb = next(e["resource"] for e in everything if e["resource"].get("id") == "hb")
+        assert hb["meta"]["versionId"] == "1"
+        assert any(e["search"]["mode"] == "outcome" for e in everything)
+        batch = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"request": {"method": "GET", "url": "Observation/hb"}},
+                {"request": {"method": "GET", "url": "Observation?_id=hb"}},
+            ],
+        }
+        read, searched = (await client.post("/fhir", json=batch)).json()["entry"]
+        assert read["resource"]["meta"]["versionId"] == "1"
+        assert searched["resource"]["entry"][0]["resource"]["meta"]["versionId"] == "1"
 
         # Contributions during the outage are kept: stored, and queued for the SoR.
         later = lab("hb", note=[note, {"text": "repeat requested"}])
