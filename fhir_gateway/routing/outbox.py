@@ -104,7 +104,8 @@ async def messages(store: Store, *, pending_only: bool = False) -> list[Message]
 
 async def release(store: Store, channel: str, *, now: float | None = None) -> int:
     """Make a channel's undelivered messages due now (its receiver is back: no need to wait out the
-    back-off); returns how many."""
+    back-off); returns how many. A row another process holds leased mid-send may so be sent twice,
+    which at-least-once delivery allows (receivers deduplicate on the Idempotency-Key)."""
     moment = time.time() if now is None else now
     stmt = (
         update(outbox)
