@@ -111,13 +111,16 @@ class AuditLog:
         self._stopping = True
         self._wakeup.set()
         self._kick.set()
-        task, self._task = self._task, None
+        # The writer stays `running` until it has drained the queue: an event recorded meanwhile (a
+        # request finishing during shutdown) is queued for it, not spilled from under a batch in flight.
+        task = self._task
         try:
             await asyncio.wait_for(asyncio.shield(task), self.config.stop_timeout_seconds)
         except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._task = None
         self._spill()
         self._room.set()
 

@@ -8,6 +8,7 @@ the damaged event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -213,6 +214,38 @@ async def test_clean_shutdown_flushes_everything_queued(store: Store, tmp_path: 
     assert (await verify(store)).ok
     await log.record(event(999))  # after stop: kept on disk for the next start, not dropped
     assert list((tmp_path / "spill").glob("*.jsonl"))
+
+
+async def test_events_recorded_while_stopping_are_written_not_spilled_from_under_the_writer(
+    store: Store, tmp_path: Path
+) -> None:
+    """A request finishing during shutdown records an event while a batch is being written: the
+    writer keeps draining (the event is written, once), nothing is spilled from under it."""
+    log = AuditLog(store, config(tmp_path))
+    await log.start()
+    first = [await log.record(event(n)) for n in range(5)]
+    real = store.transaction
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def slow_transaction() -> AsyncIterator[Any]:
+        entered.set()
+        await release.wait()  # the batch is in flight until the test lets it commit
+        async with real() as tx:
+            yield tx
+
+    store.transaction = slow_transaction  # type: ignore[method-assign]
+    await entered.wait()
+    stopping = asyncio.create_task(log.stop())
+    await asyncio.sleep(0)
+    late = await log.record(event(99))
+    release.set()
+    await stopping
+    store.transaction = real  # type: ignore[method-assign]
+    assert [r.event_id for r in await rows(store)] == [*first, late]
+    assert not (tmp_path / "spill").exists() or not list((tmp_path / "spill").iterdir())
+    assert (await verify(store)).ok
 
 
 async def break_table(store: Store) -> None:
