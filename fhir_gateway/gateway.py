@@ -73,7 +73,7 @@ class Gateway:
         self.types = resource_types()
         self.consents = ConsentCache(store, settings.privacy.consent_cache_seconds)
         self.crypto = PhiCrypto.from_settings(settings)
-        self.group_commit = GroupCommit(store)
+        self.group_commit = GroupCommit(store, max_batch=settings.hl7.group_commit_max_messages)
         self._crypto_started = self.crypto is None
         self.outage = OutageReads.from_settings(settings, store)  # None: no system of record tracked
 

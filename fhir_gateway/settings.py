@@ -116,6 +116,9 @@ class Hl7Settings(_Section):
     idle_timeout_seconds: float = Field(default=300.0, gt=0)  # an MLLP connection silent this long is closed
     tls_certfile: str | None = None  # PEM certificate; MLLP over TLS when set together with tls_keyfile
     tls_keyfile: str | None = None
+    # Messages waiting at the same moment (several connections) are committed together, each in its own
+    # savepoint and each ACKed after that commit; at most this many per commit (store/group.py).
+    group_commit_max_messages: int = Field(default=64, ge=1)
 
 
 class DicomSettings(_Section):

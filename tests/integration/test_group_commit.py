@@ -157,3 +157,13 @@ async def test_a_resource_written_by_a_rolled_back_submit_is_created_afresh_by_t
     stored = await gateway.store.read("Patient", "z")
     assert stored is not None and stored.version_id == 1
     assert await search_ids(gateway, [("family:exact", "Second")]) == ["z"]
+
+
+async def test_a_group_holds_at_most_max_batch_submits(gateway: Gateway) -> None:
+    group = GroupCommit(gateway.store, max_batch=2)
+
+    async def unit(tx: Transaction) -> int:
+        return 1
+
+    assert sum(await asyncio.gather(*(group.run(unit) for _ in range(5)))) == 5
+    assert group.groups == 3 and group.units == 5
