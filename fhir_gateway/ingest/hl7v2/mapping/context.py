@@ -71,6 +71,10 @@ class MapContext:
     report: Resource | None = None  # the current DiagnosticReport (OBR group)
     document: Resource | None = None  # the current DocumentReference (TXA)
     appointment: Resource | None = None  # the current Appointment (SCH)
+    specimen: Resource | None = None  # the current Specimen (SPM) until the next order group or SPM
+    specimen_header: bool = False  # that SPM heads the order groups after it (SPECIMEN_FIRST_STRUCTURES)
+    group_specimens: list[Reference] = field(default_factory=list)  # SPMs of the current order group
+    requester: Reference | None = None  # PRT-5 of an ordering provider after ORC, for the order's OBR
     last: Resource | None = None  # the resource the previous segment produced (NTE, RXR attach here)
     pending_orc: Segment | None = None  # an ORC no detail segment (OBR, RXO, RXE, RXA) has used yet
     group_orc: Segment | None = None  # the ORC of the current order group

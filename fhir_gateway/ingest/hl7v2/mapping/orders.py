@@ -29,6 +29,7 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     put,
 )
 from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
+from fhir_gateway.ingest.hl7v2.mapping.specimen import close_order_group, open_order_group
 
 RESULT_MESSAGES = frozenset({"ORU", "OUL"})
 # Order, document and pharmacy messages carry an OBR as the order itself (IG message maps: OBR →
@@ -81,7 +82,8 @@ def request_status(ctx: MapContext, default: str = "unknown") -> str:
 
 def map_orc(seg: Segment, ctx: MapContext) -> None:
     flush_orc(ctx)
-    ctx.order = ctx.report = None
+    close_order_group(ctx)
+    ctx.order = ctx.report = ctx.requester = None
     ctx.pending_orc = ctx.group_orc = seg
 
 
@@ -110,7 +112,7 @@ def _service_request(orc: Segment | None, obr: Segment | None, ctx: MapContext) 
         put(request, "reasonCode", [c for c in (codeable(r) for r in obr.repetitions(31)) if c])
     put(request, "subject", ctx.patient)
     put(request, "encounter", ctx.encounter)
-    requester = practitioner(_first(orc, 12), ctx) or practitioner(_first(obr, 16), ctx)
+    requester = practitioner(_first(orc, 12), ctx) or practitioner(_first(obr, 16), ctx) or ctx.requester
     put(request, "requester", requester)
     if orc is not None:
         put(request, "authoredOn", date_time(orc.value(9), ctx.tz))
@@ -138,6 +140,7 @@ def map_obr(seg: Segment, ctx: MapContext) -> None:
     ctx.last = request
     ctx.report = None
     if not is_result:
+        open_order_group(ctx, request, None)
         return
     report: Json = {
         "resourceType": "DiagnosticReport",
@@ -158,6 +161,7 @@ def map_obr(seg: Segment, ctx: MapContext) -> None:
     put(report, "resultsInterpreter", [p for p in (practitioner(r, ctx) for r in seg.repetitions(32)) if p])
     rep_id = order_key("DiagnosticReport", filler, placer) or ctx.message_id("DiagnosticReport", seg)
     ctx.report = ctx.keep(report, rep_id)
+    open_order_group(ctx, request, ctx.report)
 
 
 def map_tq1(seg: Segment, ctx: MapContext) -> None:

@@ -58,7 +58,8 @@ def patient_id(rep: Rep) -> str:
 def map_pid(seg: Segment, ctx: MapContext) -> None:
     key = key_identifier(seg)
     # A new patient group: anchors of the previous one no longer apply.
-    ctx.encounter = ctx.order = ctx.report = ctx.document = None
+    ctx.encounter = ctx.order = ctx.report = ctx.document = ctx.specimen = ctx.requester = None
+    ctx.specimen_header, ctx.group_specimens = False, []
     if key is None:
         ctx.error(seg, 3, REQUIRED_FIELD_MISSING, "PID-3 (patient identifier list) is required")
         ctx.patient = ctx.patient_id = None
