@@ -80,11 +80,32 @@ def request_status(ctx: MapContext, default: str = "unknown") -> str:
     return default
 
 
+def _orc_after_obr(ctx: MapContext) -> bool:
+    m = ctx.message
+    return tables.structure(m.message_code, m.trigger, m.structure) in tables.ORC_AFTER_OBR_STRUCTURES
+
+
 def map_orc(seg: Segment, ctx: MapContext) -> None:
+    if _orc_after_obr(ctx) and ctx.group_orc is None and ctx.order is not None:
+        _complete_order(seg, ctx, ctx.order)
+        return
     flush_orc(ctx)
     close_order_group(ctx)
     ctx.order = ctx.report = ctx.requester = None
     ctx.pending_orc = ctx.group_orc = seg
+
+
+def _complete_order(orc: Segment, ctx: MapContext, request: Json) -> None:
+    """An ORC after its OBR (OUL structures) adds what it says to the order that OBR made."""
+    ctx.group_orc = orc
+    if request.get("resourceType") != "ServiceRequest":
+        return
+    known = request.setdefault("identifier", [])
+    known.extend(i for i in order_identifiers(orc, None, (0, 0)) if i not in known)
+    if request["status"] == "unknown":
+        request["status"] = request_status(ctx)
+    put(request, "requester", request.get("requester") or practitioner(_first(orc, 12), ctx))
+    put(request, "authoredOn", request.get("authoredOn") or date_time(orc.value(9), ctx.tz))
 
 
 def flush_orc(ctx: MapContext) -> None:
@@ -122,8 +143,11 @@ def _service_request(orc: Segment | None, obr: Segment | None, ctx: MapContext) 
 def map_obr(seg: Segment, ctx: MapContext) -> None:
     if ctx.patient is None:
         return
-    orc = ctx.pending_orc or ctx.group_orc
+    late = _orc_after_obr(ctx)
+    orc = ctx.pending_orc or (None if late else ctx.group_orc)
     ctx.pending_orc = None
+    if late:
+        ctx.group_orc = orc  # the ORC that follows completes this order (map_orc)
     if not seg.has(4):
         ctx.error(seg, 4, REQUIRED_FIELD_MISSING, "OBR-4 (universal service identifier) is required")
     request = _service_request(orc, seg, ctx)

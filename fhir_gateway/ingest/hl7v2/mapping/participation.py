@@ -13,7 +13,7 @@ itself a ROL, PRT, NTE or ARV (IG ADT_A01 / ORU_R01 / OML_O21 message maps):
 - after OBX → Observation.performer; after PR1 → Procedure.performer (function = the role);
 - after SPM: the specimen collector (SC) → Specimen.collection.collector.
 The person (ROL-4, PRT-5) is an XCN, referenced the way every mapper references one (`practitioner`).
-PRT segments naming only a device, location or organisation, and ROL/PRT with action code D
+PRT segments naming only a device, location or organisation, and ROL/PRT with action code DE
 (delete: the IG asks to end the relationship, which a PUT of this message cannot express), add
 nothing.
 """
@@ -34,6 +34,7 @@ from fhir_gateway.ingest.hl7v2.mapping.encounter import PARTICIPATION
 from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
 
 TRANSPARENT = frozenset({"ROL", "PRT", "NTE", "ARV"})
+DELETE = frozenset({"D", "DE"})  # action code (table 0287 DE; the IG's PRT notes write D)
 
 
 def map_rol(seg: Segment, ctx: MapContext) -> None:
@@ -47,7 +48,7 @@ def map_prt(seg: Segment, ctx: MapContext) -> None:
 def _participate(
     seg: Segment, ctx: MapContext, *, role_at: int, person_at: int, period_at: tuple[int, int], table: str
 ) -> None:
-    if ctx.patient is None or seg.value(2).upper() == "D":
+    if ctx.patient is None or seg.value(2).upper() in DELETE:
         return
     people = [p for p in (practitioner(r, ctx) for r in seg.repetitions(person_at)) if p]
     if not people:
@@ -90,10 +91,11 @@ def _anchor(seg: Segment, ctx: MapContext) -> str:
 def _role(rep: Rep | None, table: str) -> Json | None:
     """ROL-3 / PRT-4 as a CodeableConcept (the v2 table is the system when the sender names none)."""
     concept = codeable(rep)
-    if concept is None:
+    if concept is None or rep is None:
         return None
-    for coding in concept.get("coding", []):
-        coding.setdefault("system", tables.V2_SYSTEM.format(table=table))
+    if not comp(rep, 3):  # a coding system the sender named (even a local one) is kept as it is
+        for coding in concept.get("coding", [])[:1]:
+            coding.setdefault("system", tables.V2_SYSTEM.format(table=table))
     return concept
 
 

@@ -109,7 +109,8 @@ def _collection(seg: Segment, ctx: MapContext) -> Json:
     amount = _first(seg, 12)
     value = number(seg.value(12)) if amount else None
     if amount and value is not None:
-        collection["quantity"] = quantity(value, [amount[1]] if len(amount) > 1 else None)
+        units = [[s] for s in amount[1]] if len(amount) > 1 else None  # CQ-2 units: a CWE in subcomponents
+        collection["quantity"] = quantity(value, units)
     elif amount:
         ctx.warn(seg, 12, DATA_TYPE_ERROR, "SPM-12 (specimen collection amount) is not a number; ignored")
     put(collection, "method", codeable(_first(seg, 7)))
@@ -132,7 +133,8 @@ def _link(specimen: Json, ctx: MapContext) -> None:
     ref = ctx.ref(specimen)
     ctx.specimen = specimen
     ctx.last = specimen
-    structure = ctx.message.structure or f"{ctx.message.message_code}_{ctx.message.trigger}"
+    m = ctx.message
+    structure = tables.structure(m.message_code, m.trigger, m.structure)
     ctx.specimen_header = structure in tables.SPECIMEN_FIRST_STRUCTURES
     if ctx.specimen_header:  # a new specimen group: the order groups before it are closed
         ctx.order = ctx.report = None

@@ -467,3 +467,11 @@ SPECIMEN_FIRST_STRUCTURES = frozenset(
 )
 # Table 0493 Specimen Condition is mapped as it is; SPM-20 Specimen Availability (Y/N) → status.
 SPECIMEN_AVAILABILITY = {"Y": "available", "N": "unavailable"}
+# Message structures whose ORDER group has the ORC after the OBR (OUL: OBR, ORC, …): such an ORC
+# completes the order its OBR opened instead of starting the next one. Same source and test.
+ORC_AFTER_OBR_STRUCTURES = frozenset({"OPL_O37", "OPU_R25", "OUL_R22", "OUL_R23", "OUL_R24"})
+
+
+def structure(message_code: str, trigger: str, declared: str) -> str:
+    """The message structure (MSH-9.3), else the one named after the message type and trigger."""
+    return declared or f"{message_code}_{trigger}"
