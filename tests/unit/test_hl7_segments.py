@@ -715,3 +715,49 @@ def test_every_structure_that_carries_con_gets_a_consent() -> None:
         msg = parse(text + TXA + "\r" + CON + "\r")
         assert check_supported(msg) is None
         assert one(valid(map_message(msg)), "Consent")["provision"]["type"] == "deny"
+
+
+def test_segments_without_their_context_add_nothing() -> None:
+    orphan = map_message(
+        parse(
+            "MSH|^~\\&|A|B|C|D|2024||MDM^T02|1|P|2.8\rCON|1|001|F||||||||A\rSPM|1|S1&L||BLD\rPRT|1|AD||OP|X1\r"
+        )
+    )
+    assert [e["resource"]["resourceType"] for e in orphan.bundle["entry"]] == ["MessageHeader"]
+    assert not orphan.issues
+    result = valid(
+        mapped(
+            "ADT^A01",
+            "ROL|1|AD||N2^Nurse^Nell",
+            "PV1|1|O",
+            "OBX|1|ST|||no code",
+            "PRT|1|AD||TN^Technician^HL70912|T1^Tech^Tom",
+            "SPM|1|S1&LAB||BLD^Blood^HL70487|||||||||||||||||||||||PPT^Plastic tube^HL70785",
+            "PRT|2|AD||OP^Ordering^HL70912|O1^Order^Olga",
+        )
+    )
+    assert one(result, "CareTeam")["participant"] == [
+        {"member": {"identifier": {"value": "N2"}, "type": "Practitioner", "display": "Nell Nurse"}}
+    ]
+    assert "participant" not in one(result, "Encounter")  # the PRT followed a skipped OBX, not the PV1
+    specimen = one(result, "Specimen")
+    assert specimen["container"] == [
+        {
+            "type": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v2-0785",
+                        "code": "PPT",
+                        "display": "Plastic tube",
+                    }
+                ]
+            }
+        }
+    ]
+    assert "collection" not in specimen  # an ordering provider is no collector
+    assert {i.location for i in result.issues} == {"OBX-3"}
+    lost = valid(
+        mapped("ADT^A01", "PV2|||R^Reason", "ROL|1|AD|AT|A1^Attend", "OBX|1|ST|||x", "PRT|1|AD||TN|T1^Tech")
+    )
+    assert not resources(lost, "Encounter") and not resources(lost, "CareTeam")
+    assert "participant" not in one(lost, "Patient") and {i.location for i in lost.issues} == {"OBX-3"}

@@ -21,7 +21,6 @@ from fhir_gateway.ingest.hl7v2.mapping import tables
 from fhir_gateway.ingest.hl7v2.mapping.context import (
     DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
-    TABLE_VALUE_NOT_FOUND,
     MapContext,
     Reference,
 )
@@ -31,15 +30,15 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     address,
     authority,
     comp,
+    contact_points,
     date,
     human_name,
     identifier,
     period,
     put,
-    telecom,
 )
 from fhir_gateway.ingest.hl7v2.mapping.encounter import relationship
-from fhir_gateway.ingest.hl7v2.mapping.patient import US_SSN
+from fhir_gateway.ingest.hl7v2.mapping.patient import US_SSN, gender
 from fhir_gateway.ingest.hl7v2.mapping.resources import name_text, organization
 
 SELF = "SEL"
@@ -111,19 +110,9 @@ def _party(seg: Segment, ctx: MapContext) -> Reference | None:
     put(person, "identifier", [i for i in ids if i])
     put(person, "relationship", [r for r in (relationship(kind),) if r] if kind else None)
     put(person, "address", [a for a in (address(r) for r in seg.repetitions(5)) if a])
-    phones = [t for t in (telecom(r) for r in seg.repetitions(6)) if t]
-    for t in (telecom(r) for r in seg.repetitions(7)):
-        if t:
-            t.setdefault("use", "work")
-            phones.append(t)
-    put(person, "telecom", phones)
+    put(person, "telecom", contact_points(seg.repetitions(6), seg.repetitions(7)))
     put(person, "birthDate", _date(seg, 8, ctx))
-    sex = seg.value(9)
-    if sex:
-        gender = tables.lookup(tables.SEX_0001, sex)
-        if gender is None:
-            ctx.warn(seg, 9, TABLE_VALUE_NOT_FOUND, "GT1-9 (guarantor sex) is not in table 0001")
-        put(person, "gender", gender)
+    put(person, "gender", gender(seg, 9, ctx))
     number = next((r for r in seg.repetitions(2) if comp(r, 1)), None)
     key = f"guarantor|{comp(number, 1) if number else name_text(names[0])}"
     return ctx.add(person, stable_id("RelatedPerson", ctx.patient_id, key))

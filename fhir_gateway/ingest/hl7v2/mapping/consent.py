@@ -39,6 +39,7 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     date_time,
     ei,
     human_name,
+    period,
     put,
 )
 from fhir_gateway.ingest.hl7v2.mapping.resources import name_text
@@ -171,19 +172,7 @@ def _effect(seg: Segment, ctx: MapContext, kind: str, disclosure: str, status: s
 
 def _provision(seg: Segment, ctx: MapContext, effect: str) -> Json:
     provision: Json = {"type": effect}
-    start, end = (_when(seg, n, ctx) for n in (14, 15))
-    period: Json = {}
-    put(period, "start", start)
-    put(period, "end", end)
-    put(provision, "period", period)
+    put(provision, "period", period(ctx.when(seg, 14), ctx.when(seg, 15)))
     if ctx.document is not None:
         provision["data"] = [{"meaning": "instance", "reference": ctx.ref(ctx.document)}]
     return provision
-
-
-def _when(seg: Segment, fld: int, ctx: MapContext) -> str | None:
-    text = seg.value(fld)
-    value = date_time(text, ctx.tz) if text else None
-    if text and value is None:
-        ctx.warn(seg, fld, DATA_TYPE_ERROR, f"CON-{fld} is not a valid date/time; ignored")
-    return value

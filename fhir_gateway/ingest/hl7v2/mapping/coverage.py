@@ -169,10 +169,8 @@ def _member(ident: Json | None) -> Json | None:
 
 
 def _add_patient_ssn(ctx: MapContext, ssn: str) -> None:
-    entry = ctx.entries.get(("Patient", ctx.patient_id or ""))
-    if entry is None:
-        return
-    ids = entry.resource.setdefault("identifier", [])
+    # a Coverage exists only for a mapped patient (map_in1), so its Patient is in the Bundle
+    ids = ctx.entries[("Patient", ctx.patient_id or "")].resource.setdefault("identifier", [])
     if not any(i.get("system") == US_SSN for i in ids):
         ids.append(
             {"system": US_SSN, "value": ssn, "type": {"coding": [{"system": IDENTIFIER_TYPE, "code": "SS"}]}}

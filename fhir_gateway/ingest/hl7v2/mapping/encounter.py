@@ -19,13 +19,13 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     code_in,
     codeable,
     comp,
+    contact_points,
     date,
     date_time,
     human_name,
     identifier,
     period,
     put,
-    telecom,
 )
 from fhir_gateway.ingest.hl7v2.mapping.resources import location, name_text, practitioner
 
@@ -148,12 +148,7 @@ def map_nk1(seg: Segment, ctx: MapContext) -> None:
             relationships.append(role)
     put(person, "relationship", relationships)
     put(person, "address", [a for a in (address(r) for r in seg.repetitions(4)) if a])
-    phones = [t for t in (telecom(r) for r in seg.repetitions(5)) if t]
-    for t in (telecom(r) for r in seg.repetitions(6)):
-        if t:
-            t.setdefault("use", "work")
-            phones.append(t)
-    put(person, "telecom", phones)
+    put(person, "telecom", contact_points(seg.repetitions(5), seg.repetitions(6)))
     put(person, "period", period(date(seg.value(8)), date(seg.value(9))))
     put(person, "identifier", [i for i in (identifier(r) for r in seg.repetitions(33)) if i])
     if len(person) <= 3:  # nothing but the patient: an empty NK1

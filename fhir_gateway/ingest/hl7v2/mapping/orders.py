@@ -96,10 +96,9 @@ def map_orc(seg: Segment, ctx: MapContext) -> None:
 
 
 def _complete_order(orc: Segment, ctx: MapContext, request: Json) -> None:
-    """An ORC after its OBR (OUL structures) adds what it says to the order that OBR made."""
+    """An ORC after its OBR (OUL structures) adds what it says to the order that OBR made (the
+    elements it fills exist on ServiceRequest and MedicationRequest alike)."""
     ctx.group_orc = orc
-    if request.get("resourceType") != "ServiceRequest":
-        return
     known = request.setdefault("identifier", [])
     known.extend(i for i in order_identifiers(orc, None, (0, 0)) if i not in known)
     if request["status"] == "unknown":

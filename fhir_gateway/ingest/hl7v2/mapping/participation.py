@@ -24,12 +24,11 @@ from fhir_gateway.fhir.ids import stable_id
 from fhir_gateway.ingest.hl7v2.er7 import Segment
 from fhir_gateway.ingest.hl7v2.mapping import tables
 from fhir_gateway.ingest.hl7v2.mapping.context import (
-    DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
     MapContext,
     Reference,
 )
-from fhir_gateway.ingest.hl7v2.mapping.datatypes import Json, Rep, codeable, comp, date_time, period
+from fhir_gateway.ingest.hl7v2.mapping.datatypes import Json, Rep, codeable, comp, period
 from fhir_gateway.ingest.hl7v2.mapping.encounter import PARTICIPATION
 from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
 
@@ -58,7 +57,7 @@ def _participate(
     role_rep = next(iter(seg.repetitions(role_at)), None)
     code = comp(role_rep, 1).upper() if role_rep else ""
     role = _role(role_rep, table)
-    when = period(*(_time(seg, n, ctx) for n in period_at))
+    when = period(*(ctx.when(seg, n) for n in period_at))
     anchor = _anchor(seg, ctx)
     for person in people:
         if anchor in ("PID", "PD1"):
@@ -73,19 +72,9 @@ def _participate(
             _for_last(ctx, code, role, person)
 
 
-def _time(seg: Segment, fld: int, ctx: MapContext) -> str | None:
-    text = seg.value(fld)
-    value = date_time(text, ctx.tz) if text else None
-    if text and value is None:
-        ctx.warn(seg, fld, DATA_TYPE_ERROR, f"{seg.name}-{fld} is not a valid date/time; ignored")
-    return value
-
-
 def _anchor(seg: Segment, ctx: MapContext) -> str:
-    for before in reversed(ctx.message.segments[: seg.index]):
-        if before.name not in TRANSPARENT:
-            return before.name
-    return ""
+    # MSH is never transparent, so there is always one
+    return next(b.name for b in reversed(ctx.message.segments[: seg.index]) if b.name not in TRANSPARENT)
 
 
 def _role(rep: Rep | None, table: str) -> Json | None:
@@ -122,8 +111,7 @@ def _add(target: Json, key: str, value: Json) -> None:
 
 def _for_patient(ctx: MapContext, code: str, role: Json | None, person: Reference, when: Json | None) -> None:
     patient = _resource(ctx, ctx.patient)
-    if patient is None or ctx.patient_id is None:
-        return
+    assert patient is not None and ctx.patient_id is not None  # _participate checked ctx.patient
     if code == tables.PRIMARY_CARE_PROVIDER:
         _add(patient, "generalPractitioner", person)
         return

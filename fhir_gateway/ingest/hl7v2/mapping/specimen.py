@@ -26,7 +26,6 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     Json,
     Rep,
     codeable,
-    date_time,
     ei,
     identifier,
     number,
@@ -52,13 +51,6 @@ def _typed(ident: Json | None, code: str) -> Json | None:
     return ident
 
 
-def _when(seg: Segment, fld: int, text: str, ctx: MapContext) -> str | None:
-    value = date_time(text, ctx.tz) if text else None
-    if text and value is None:
-        ctx.warn(seg, fld, DATA_TYPE_ERROR, f"SPM-{fld} is not a valid date/time; ignored")
-    return value
-
-
 def map_spm(seg: Segment, ctx: MapContext) -> None:
     if ctx.patient is None:
         return
@@ -79,7 +71,7 @@ def map_spm(seg: Segment, ctx: MapContext) -> None:
     put(specimen, "type", kind)
     parents = [p for p in (_eip(r, 1) or _eip(r, 2) for r in seg.repetitions(3)) if p]
     put(specimen, "parent", [{"identifier": p, "type": "Specimen"} for p in parents])
-    put(specimen, "receivedTime", _when(seg, 18, seg.value(18), ctx))
+    put(specimen, "receivedTime", ctx.when(seg, 18))
     put(specimen, "collection", _collection(seg, ctx))
     put(specimen, "container", _containers(seg))
     put(specimen, "condition", [c for c in (codeable(r) for r in seg.repetitions(24)) if c])
@@ -100,8 +92,8 @@ def map_spm(seg: Segment, ctx: MapContext) -> None:
 
 def _collection(seg: Segment, ctx: MapContext) -> Json:
     collection: Json = {}
-    start = _when(seg, 17, seg.value(17, 1, 1), ctx)
-    end = _when(seg, 17, seg.value(17, 2, 1), ctx)
+    start = ctx.when(seg, 17, seg.value(17, 1, 1))
+    end = ctx.when(seg, 17, seg.value(17, 2, 1))
     if start and end:
         collection["collectedPeriod"] = {"start": start, "end": end}
     else:
