@@ -439,6 +439,8 @@ def test_in1_relationship_wins_and_in2_edges() -> None:
     assert "relationship" not in one(unknown, "Coverage") and issues(unknown) == {("W", "103", "IN2-72")}
     alone = valid(mapped("ADT^A08", seg("IN2", f6="MC-1")))
     assert not resources(alone, "Coverage")
+    skipped = valid(mapped("ADT^A08", IN1, "IN2", "IN1|2", seg("IN2", f6="MC-2")))
+    assert "identifier" not in one(skipped, "Coverage")  # the second IN2 belongs to the skipped IN1
     kept = valid(mapped("ADT^A08", IN1 + "|||||||||||||SEL", seg("IN2", f2="000-00-0000")))
     ssns = [i["value"] for i in one(kept, "Patient")["identifier"] if i.get("system", "").endswith("us-ssn")]
     assert ssns == ["123-45-6789"]  # PID-19 stays the patient's SSN

@@ -47,6 +47,7 @@ def map_in1(seg: Segment, ctx: MapContext) -> None:
         payor["identifier"] = {"value": company_id}
     if not payor:
         ctx.warn(seg, 3, REQUIRED_FIELD_MISSING, "IN1-3/IN1-4 (insurance company) are empty; IN1 skipped")
+        ctx.last = None  # its IN2 must not enrich the Coverage of the insurance before it
         return
     coverage: Json = {
         "resourceType": "Coverage",
