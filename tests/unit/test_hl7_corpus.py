@@ -34,7 +34,9 @@ SEGMENT_KINDS = (
     "DocumentReference",
     "MedicationRequest",
     "Immunization",
+    "Consent",
 )
+SEGMENT_OF_RECORD = (("SPM", "Specimen"), ("GT1", "Account"))
 
 
 def _of(bundle: dict[str, Any], res_type: str) -> list[dict[str, Any]]:
@@ -65,6 +67,11 @@ def test_key_facts_agree_with_the_reference(path: Path) -> None:
         if kind == "Observation" and message.message_code == "MDM":
             continue  # MDM OBX are the document's content (IG MDM map), not Observations
         if _of(reference, kind):
+            assert _of(ours, kind), kind
+    # Kinds the reference also makes from other segments (Specimen from OBR-15, Account from PID-18):
+    # where the message has the segment of record, we must make one too.
+    for segment, kind in SEGMENT_OF_RECORD:
+        if message.first(segment) is not None and _of(reference, kind):
             assert _of(ours, kind), kind
     ref_patients, our_patients = _of(reference, "Patient"), _of(ours, "Patient")
     if ref_patients:

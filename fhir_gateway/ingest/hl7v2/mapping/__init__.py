@@ -2,8 +2,8 @@
 
 Messages are mapped by segment, not by message type: every segment a message carries is handed to
 its mapper in order, with the shared `MapContext` carrying the anchors (patient, encounter, order,
-report, document, appointment) later segments attach to. Segments with no FHIR meaning here (SFT,
-ROL, PRT, ARV, DB1, GT1, IN2, SPM, Z-segments …) are skipped without complaint.
+report, document, appointment, specimen) later segments attach to. Segments with no FHIR meaning
+here (SFT, ARV, DB1, SAC, Z-segments …) are skipped without complaint.
 """
 
 from __future__ import annotations
@@ -12,16 +12,20 @@ from collections.abc import Callable
 
 from fhir_gateway.ingest.hl7v2.er7 import Segment
 from fhir_gateway.ingest.hl7v2.mapping import (
+    account,
     clinical,
+    consent,
     coverage,
     document,
     encounter,
     header,
     observation,
     orders,
+    participation,
     patient,
     pharmacy,
     scheduling,
+    specimen,
 )
 from fhir_gateway.ingest.hl7v2.mapping.context import MapContext, MapIssue
 
@@ -46,6 +50,12 @@ SEGMENT_MAPPERS: dict[str, SegmentMapper] = {
     "PR1": clinical.map_pr1,
     "PRB": clinical.map_prb,
     "IN1": coverage.map_in1,
+    "IN2": coverage.map_in2,
+    "GT1": account.map_gt1,
+    "ROL": participation.map_rol,
+    "PRT": participation.map_prt,
+    "SPM": specimen.map_spm,
+    "CON": consent.map_con,
     "FT1": coverage.map_ft1,
     "RXA": pharmacy.map_rxa,
     "RXO": pharmacy.map_rxo,

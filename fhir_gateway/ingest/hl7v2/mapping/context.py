@@ -15,7 +15,7 @@ from typing import Any
 
 from fhir_gateway.fhir.ids import stable_id
 from fhir_gateway.ingest.hl7v2.er7 import Message, Segment
-from fhir_gateway.ingest.hl7v2.mapping.datatypes import instant
+from fhir_gateway.ingest.hl7v2.mapping.datatypes import date_time, instant
 
 Resource = dict[str, Any]
 Reference = dict[str, Any]
@@ -71,6 +71,10 @@ class MapContext:
     report: Resource | None = None  # the current DiagnosticReport (OBR group)
     document: Resource | None = None  # the current DocumentReference (TXA)
     appointment: Resource | None = None  # the current Appointment (SCH)
+    specimen: Resource | None = None  # the current Specimen (SPM) until the next order group or SPM
+    specimen_header: bool = False  # that SPM heads the order groups after it (SPECIMEN_FIRST_STRUCTURES)
+    group_specimens: list[Reference] = field(default_factory=list)  # SPMs of the current order group
+    requester: Reference | None = None  # PRT-5 of an ordering provider after ORC, for the order's OBR
     last: Resource | None = None  # the resource the previous segment produced (NTE, RXR attach here)
     pending_orc: Segment | None = None  # an ORC no detail segment (OBR, RXO, RXE, RXA) has used yet
     group_orc: Segment | None = None  # the ORC of the current order group
@@ -83,6 +87,15 @@ class MapContext:
 
     def warn(self, seg: Segment, fld: int, code: str, text: str) -> None:
         self.issues.append(MapIssue("W", code, text, seg.name, self.sequence(seg), fld))
+
+    def when(self, seg: Segment, fld: int, text: str | None = None) -> str | None:
+        """A DTM field (or the leaf `text` of it) as a dateTime; a value that is not one is ignored
+        with a warning naming the field."""
+        raw = seg.value(fld) if text is None else text
+        value = date_time(raw, self.tz) if raw else None
+        if raw and value is None:
+            self.warn(seg, fld, DATA_TYPE_ERROR, f"{seg.name}-{fld} is not a valid date/time; ignored")
+        return value
 
     def sequence(self, seg: Segment) -> int:
         """The segment's position among segments of its name (ERR-2.2)."""

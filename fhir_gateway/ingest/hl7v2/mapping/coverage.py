@@ -1,4 +1,4 @@
-"""IN1 → Coverage (IG: Segment IN1 to Coverage); FT1 → ChargeItem (Segment FT1 to ChargeItem).
+"""IN1 (+ IN2) → Coverage (IG: Segment IN1 to Coverage); FT1 → ChargeItem (Segment FT1 to ChargeItem).
 
 The payor is a logical reference (IN1-3 company id, IN1-4 name): no Organization is invented.
 A Coverage's id is the patient + the company + the policy (IN1-36) or plan (IN1-2), so the same
@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from fhir_gateway.fhir.ids import stable_id
 from fhir_gateway.ingest.hl7v2.er7 import Segment
-from fhir_gateway.ingest.hl7v2.mapping.context import REQUIRED_FIELD_MISSING, MapContext
+from fhir_gateway.ingest.hl7v2.mapping import tables
+from fhir_gateway.ingest.hl7v2.mapping.context import (
+    REQUIRED_FIELD_MISSING,
+    TABLE_VALUE_NOT_FOUND,
+    MapContext,
+)
 from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     Json,
     code_in,
@@ -17,14 +22,17 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     comp,
     date,
     date_time,
+    identifier,
     number,
     period,
     put,
 )
-from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
+from fhir_gateway.ingest.hl7v2.mapping.patient import US_SSN
+from fhir_gateway.ingest.hl7v2.mapping.resources import organization, practitioner
 
 COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
 SUBSCRIBER_RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
+IDENTIFIER_TYPE = tables.IDENTIFIER_TYPE_SYSTEM
 RELATIONSHIP_0063 = {"SEL": "self", "SPO": "spouse", "CHD": "child", "PAR": "parent", "DOM": "common"}
 
 
@@ -39,6 +47,7 @@ def map_in1(seg: Segment, ctx: MapContext) -> None:
         payor["identifier"] = {"value": company_id}
     if not payor:
         ctx.warn(seg, 3, REQUIRED_FIELD_MISSING, "IN1-3/IN1-4 (insurance company) are empty; IN1 skipped")
+        ctx.last = None  # its IN2 must not enrich the Coverage of the insurance before it
         return
     coverage: Json = {
         "resourceType": "Coverage",
@@ -103,3 +112,67 @@ def map_ft1(seg: Segment, ctx: MapContext) -> None:
     else:
         res_id = ctx.message_id("ChargeItem", seg)
     ctx.last = ctx.keep(charge, res_id)
+
+
+US_MEDICARE = "http://hl7.org/fhir/sid/us-medicare"
+US_MEDICAID = "http://hl7.org/fhir/sid/us-medicaid"
+
+
+def map_in2(seg: Segment, ctx: MapContext) -> None:
+    """IN2 (insurance additional information) enriches the Coverage its IN1 made (IN2 follows IN1).
+
+    IN2-6 Medicare and IN2-8 Medicaid numbers and IN2-61 patient member number → Coverage.identifier;
+    IN2-72 patient's relationship to the insured (table 0344) → Coverage.relationship when IN1-17 gave
+    none; IN2-70 insured's employer organisation → Coverage.policyHolder (as IN1-11 in the IG IN1 map);
+    IN2-2 insured's SSN → the subscriber's identifier when the subscriber is the patient.
+    """
+    coverage = ctx.last
+    if coverage is None or coverage.get("resourceType") != "Coverage":
+        return
+    ids = [
+        _typed_id(seg.value(6), "MC", US_MEDICARE),
+        _typed_id(seg.value(8), "MA", US_MEDICAID),
+        *(_member(identifier(r)) for r in seg.repetitions(61)),
+    ]
+    for ident in ids:
+        if ident and ident not in coverage.setdefault("identifier", []):
+            coverage["identifier"].append(ident)
+    if not coverage.get("identifier"):
+        coverage.pop("identifier", None)
+    relation_code = seg.value(72)
+    relation = tables.lookup(tables.RELATIONSHIP_0344, relation_code)
+    if relation_code and relation is None:
+        ctx.warn(seg, 72, TABLE_VALUE_NOT_FOUND, "IN2-72 (relationship to insured) has no FHIR code; ignored")
+    if relation and "relationship" not in coverage:
+        coverage["relationship"] = {"coding": [{"system": SUBSCRIBER_RELATIONSHIP, "code": relation}]}
+        if relation == "self":
+            coverage.setdefault("subscriber", ctx.patient)
+    employer = organization(next(iter(seg.repetitions(70)), None))
+    if employer is not None:
+        employer["type"] = "Organization"
+        coverage.setdefault("policyHolder", employer)
+    ssn = seg.value(2)
+    if ssn and coverage.get("subscriber") == ctx.patient:
+        _add_patient_ssn(ctx, ssn)
+
+
+def _typed_id(value: str, code: str, system: str) -> Json | None:
+    if not value:
+        return None
+    return {"system": system, "value": value, "type": {"coding": [{"system": IDENTIFIER_TYPE, "code": code}]}}
+
+
+def _member(ident: Json | None) -> Json | None:
+    if ident is not None:
+        ident.pop("assigner", None)
+        ident.setdefault("type", {"coding": [{"system": IDENTIFIER_TYPE, "code": "MB"}]})
+    return ident
+
+
+def _add_patient_ssn(ctx: MapContext, ssn: str) -> None:
+    # a Coverage exists only for a mapped patient (map_in1), so its Patient is in the Bundle
+    ids = ctx.entries[("Patient", ctx.patient_id or "")].resource.setdefault("identifier", [])
+    if not any(i.get("system") == US_SSN for i in ids):
+        ids.append(
+            {"system": US_SSN, "value": ssn, "type": {"coding": [{"system": IDENTIFIER_TYPE, "code": "SS"}]}}
+        )

@@ -266,6 +266,17 @@ def telecom(rep: Rep | None) -> Json | None:
     return result
 
 
+def contact_points(home: list[Rep], business: list[Rep]) -> list[Json]:
+    """A person's home (PID-13, NK1-5, GT1-6) and business (PID-14, NK1-6, GT1-7) numbers; a business
+    number without an XTN-2 use code is a work number."""
+    points = [t for t in (telecom(r) for r in home) if t]
+    for t in (telecom(r) for r in business):
+        if t:
+            t.setdefault("use", "work")
+            points.append(t)
+    return points
+
+
 def location_name(rep: Rep | None) -> str:
     """PL (point of care ^ room ^ bed ^ facility ...) → a readable location name."""
     if not rep:

@@ -13,18 +13,19 @@ from fhir_gateway.ingest.hl7v2.mapping import tables
 from fhir_gateway.ingest.hl7v2.mapping.context import MapContext, Reference
 from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     Json,
+    Rep,
     address,
     authority,
     code_in,
     codeable,
     comp,
+    contact_points,
     date,
     date_time,
     human_name,
     identifier,
     period,
     put,
-    telecom,
 )
 from fhir_gateway.ingest.hl7v2.mapping.resources import location, name_text, practitioner
 
@@ -123,36 +124,31 @@ def map_pv2(seg: Segment, ctx: MapContext) -> None:
     put(ctx.last, "priority", priority)
 
 
+def relationship(rep: Rep) -> Json | None:
+    """A table 0063 relationship (NK1-3, GT1-11) as a v3 RoleCode, else the v2 code, else its text."""
+    code = comp(rep, 1).upper()
+    v3 = tables.RELATIONSHIP_0063.get(code)
+    if v3:
+        return {"coding": [{"system": tables.ROLE_CODE_SYSTEM, "code": v3}]}
+    if code:
+        return {"coding": [{"system": tables.V2_SYSTEM.format(table="0063"), "code": code}]}
+    return {"text": comp(rep, 2)} if comp(rep, 2) else None
+
+
 def map_nk1(seg: Segment, ctx: MapContext) -> None:
     if ctx.patient is None or ctx.patient_id is None:
         return
     person: Json = {"resourceType": "RelatedPerson", "patient": ctx.patient, "active": True}
     names = [n for n in (human_name(r) for r in seg.repetitions(2)) if n]
     put(person, "name", names)
-    relationships: list[Json] = []
-    for rep in seg.repetitions(3):
-        code = comp(rep, 1).upper()
-        v3 = tables.RELATIONSHIP_0063.get(code)
-        if v3:
-            relationships.append({"coding": [{"system": tables.ROLE_CODE_SYSTEM, "code": v3}]})
-        elif code:
-            relationships.append(
-                {"coding": [{"system": tables.V2_SYSTEM.format(table="0063"), "code": code}]}
-            )
-        elif comp(rep, 2):
-            relationships.append({"text": comp(rep, 2)})
+    relationships = [r for r in (relationship(rep) for rep in seg.repetitions(3)) if r]
     for rep in seg.repetitions(7):
         role = code_in(rep, "0131")
         if role:
             relationships.append(role)
     put(person, "relationship", relationships)
     put(person, "address", [a for a in (address(r) for r in seg.repetitions(4)) if a])
-    phones = [t for t in (telecom(r) for r in seg.repetitions(5)) if t]
-    for t in (telecom(r) for r in seg.repetitions(6)):
-        if t:
-            t.setdefault("use", "work")
-            phones.append(t)
-    put(person, "telecom", phones)
+    put(person, "telecom", contact_points(seg.repetitions(5), seg.repetitions(6)))
     put(person, "period", period(date(seg.value(8)), date(seg.value(9))))
     put(person, "identifier", [i for i in (identifier(r) for r in seg.repetitions(33)) if i])
     if len(person) <= 3:  # nothing but the patient: an empty NK1
@@ -161,4 +157,4 @@ def map_nk1(seg: Segment, ctx: MapContext) -> None:
     ctx.add(person, stable_id("RelatedPerson", ctx.patient_id, key))
 
 
-__all__ = ["Reference", "map_nk1", "map_pv1", "map_pv2"]
+__all__ = ["Reference", "map_nk1", "map_pv1", "map_pv2", "relationship"]

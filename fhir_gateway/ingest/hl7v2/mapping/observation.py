@@ -33,6 +33,7 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     quantity,
 )
 from fhir_gateway.ingest.hl7v2.mapping.resources import organization, practitioner
+from fhir_gateway.ingest.hl7v2.mapping.specimen import link_observation
 
 CODED = frozenset({"CE", "CWE", "CNE", "CF", "CD", "IS", "ID"})
 DATES = frozenset({"DT", "DTM", "TS", "DR"})
@@ -89,6 +90,7 @@ def map_obx(seg: Segment, ctx: MapContext) -> None:
     put(obs, "bodySite", codeable(next(iter(seg.repetitions(20)), None)))
     if ctx.order is not None and ctx.order.get("resourceType") == "ServiceRequest":
         obs["basedOn"] = [ctx.ref(ctx.order)]
+    link_observation(obs, ctx)
     key = "|".join([comp(code_rep or [], 1), comp(code_rep or [], 3), seg.value(4), seg.value(1)])
     if ctx.report is not None:
         obs_id = stable_id("Observation", f"DiagnosticReport/{ctx.report['id']}", key)

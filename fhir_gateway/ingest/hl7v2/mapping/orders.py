@@ -29,6 +29,7 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     put,
 )
 from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
+from fhir_gateway.ingest.hl7v2.mapping.specimen import close_order_group, open_order_group
 
 RESULT_MESSAGES = frozenset({"ORU", "OUL"})
 # Order, document and pharmacy messages carry an OBR as the order itself (IG message maps: OBR →
@@ -79,10 +80,31 @@ def request_status(ctx: MapContext, default: str = "unknown") -> str:
     return default
 
 
+def _orc_after_obr(ctx: MapContext) -> bool:
+    m = ctx.message
+    return tables.structure(m.message_code, m.trigger, m.structure) in tables.ORC_AFTER_OBR_STRUCTURES
+
+
 def map_orc(seg: Segment, ctx: MapContext) -> None:
+    if _orc_after_obr(ctx) and ctx.group_orc is None and ctx.order is not None:
+        _complete_order(seg, ctx, ctx.order)
+        return
     flush_orc(ctx)
-    ctx.order = ctx.report = None
+    close_order_group(ctx)
+    ctx.order = ctx.report = ctx.requester = None
     ctx.pending_orc = ctx.group_orc = seg
+
+
+def _complete_order(orc: Segment, ctx: MapContext, request: Json) -> None:
+    """An ORC after its OBR (OUL structures) adds what it says to the order that OBR made (the
+    elements it fills exist on ServiceRequest and MedicationRequest alike)."""
+    ctx.group_orc = orc
+    known = request.setdefault("identifier", [])
+    known.extend(i for i in order_identifiers(orc, None, (0, 0)) if i not in known)
+    if request["status"] == "unknown":
+        request["status"] = request_status(ctx)
+    put(request, "requester", request.get("requester") or practitioner(_first(orc, 12), ctx))
+    put(request, "authoredOn", request.get("authoredOn") or date_time(orc.value(9), ctx.tz))
 
 
 def flush_orc(ctx: MapContext) -> None:
@@ -110,7 +132,7 @@ def _service_request(orc: Segment | None, obr: Segment | None, ctx: MapContext) 
         put(request, "reasonCode", [c for c in (codeable(r) for r in obr.repetitions(31)) if c])
     put(request, "subject", ctx.patient)
     put(request, "encounter", ctx.encounter)
-    requester = practitioner(_first(orc, 12), ctx) or practitioner(_first(obr, 16), ctx)
+    requester = practitioner(_first(orc, 12), ctx) or practitioner(_first(obr, 16), ctx) or ctx.requester
     put(request, "requester", requester)
     if orc is not None:
         put(request, "authoredOn", date_time(orc.value(9), ctx.tz))
@@ -120,8 +142,11 @@ def _service_request(orc: Segment | None, obr: Segment | None, ctx: MapContext) 
 def map_obr(seg: Segment, ctx: MapContext) -> None:
     if ctx.patient is None:
         return
-    orc = ctx.pending_orc or ctx.group_orc
+    late = _orc_after_obr(ctx)
+    orc = ctx.pending_orc or (None if late else ctx.group_orc)
     ctx.pending_orc = None
+    if late:
+        ctx.group_orc = orc  # the ORC that follows completes this order (map_orc)
     if not seg.has(4):
         ctx.error(seg, 4, REQUIRED_FIELD_MISSING, "OBR-4 (universal service identifier) is required")
     request = _service_request(orc, seg, ctx)
@@ -138,6 +163,7 @@ def map_obr(seg: Segment, ctx: MapContext) -> None:
     ctx.last = request
     ctx.report = None
     if not is_result:
+        open_order_group(ctx, request, None)
         return
     report: Json = {
         "resourceType": "DiagnosticReport",
@@ -158,6 +184,7 @@ def map_obr(seg: Segment, ctx: MapContext) -> None:
     put(report, "resultsInterpreter", [p for p in (practitioner(r, ctx) for r in seg.repetitions(32)) if p])
     rep_id = order_key("DiagnosticReport", filler, placer) or ctx.message_id("DiagnosticReport", seg)
     ctx.report = ctx.keep(report, rep_id)
+    open_order_group(ctx, request, ctx.report)
 
 
 def map_tq1(seg: Segment, ctx: MapContext) -> None:

@@ -23,12 +23,12 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     code_in,
     codeable,
     comp,
+    contact_points,
     date,
     date_time,
     human_name,
     identifier,
     put,
-    telecom,
 )
 from fhir_gateway.ingest.hl7v2.mapping.resources import organization, practitioner
 
@@ -58,7 +58,8 @@ def patient_id(rep: Rep) -> str:
 def map_pid(seg: Segment, ctx: MapContext) -> None:
     key = key_identifier(seg)
     # A new patient group: anchors of the previous one no longer apply.
-    ctx.encounter = ctx.order = ctx.report = ctx.document = None
+    ctx.encounter = ctx.order = ctx.report = ctx.document = ctx.specimen = ctx.requester = None
+    ctx.specimen_header, ctx.group_specimens = False, []
     if key is None:
         ctx.error(seg, 3, REQUIRED_FIELD_MISSING, "PID-3 (patient identifier list) is required")
         ctx.patient = ctx.patient_id = None
@@ -95,19 +96,9 @@ def map_pid(seg: Segment, ctx: MapContext) -> None:
     if raw_birth and birth is None:
         ctx.warn(seg, 7, "102", "PID-7 (date of birth) is not a valid date; ignored")
     put(patient, "birthDate", birth)
-    sex = seg.value(8)
-    if sex:
-        gender = tables.lookup(tables.SEX_0001, sex)
-        if gender is None:
-            ctx.warn(seg, 8, TABLE_VALUE_NOT_FOUND, "PID-8 (administrative sex) is not in table 0001")
-        put(patient, "gender", gender)
+    put(patient, "gender", gender(seg, 8, ctx))
     put(patient, "address", [a for a in (address(r) for r in seg.repetitions(11)) if a])
-    phones = [t for t in (telecom(r) for r in seg.repetitions(13)) if t]
-    for t in (telecom(r) for r in seg.repetitions(14)):
-        if t:
-            t.setdefault("use", "work")
-            phones.append(t)
-    put(patient, "telecom", phones)
+    put(patient, "telecom", contact_points(seg.repetitions(13), seg.repetitions(14)))
     language = codeable(seg.field(15)[0]) if seg.has(15) else None
     if language:
         patient["communication"] = [{"language": language, "preferred": True}]
@@ -116,6 +107,17 @@ def map_pid(seg: Segment, ctx: MapContext) -> None:
     _deceased(seg, patient, ctx)
     patient = ctx.keep(patient, patient_id(key))
     ctx.patient, ctx.patient_id = ctx.ref(patient), patient["id"]
+
+
+def gender(seg: Segment, fld: int, ctx: MapContext) -> str | None:
+    """An administrative sex (PID-8, GT1-9; table 0001) as AdministrativeGender; else a warning."""
+    sex = seg.value(fld)
+    value = tables.lookup(tables.SEX_0001, sex) if sex else None
+    if sex and value is None:
+        ctx.warn(
+            seg, fld, TABLE_VALUE_NOT_FOUND, f"{seg.name}-{fld} (administrative sex) is not in table 0001"
+        )
+    return value
 
 
 def _multiple_birth(seg: Segment, patient: Json) -> None:

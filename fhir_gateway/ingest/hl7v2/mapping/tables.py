@@ -387,3 +387,91 @@ def _is_oid(text: str) -> bool:
 
 def is_oid(text: str) -> bool:
     return _is_oid(text)
+
+
+# ---- participation (ROL-3, PRT-4) -------------------------------------------------------------------
+# Table 0443 Provider Role (ROL-3) / 0912 Participation (PRT-4) → v3 ParticipationType, for the roles
+# PV1 also carries (PV1-7/8/9/17): the v2 coding is kept beside the translation.
+PARTICIPATION_0443 = {
+    "AD": ("ADM", "admitter"),
+    "AT": ("ATND", "attender"),
+    "CP": ("CON", "consultant"),
+    "RP": ("REF", "referrer"),
+}
+PRIMARY_CARE_PROVIDER = (
+    "PP"  # 0443/0912: the patient's general practitioner (IG: Patient.generalPractitioner)
+)
+ORDERING_PROVIDER = "OP"  # 0912: ServiceRequest.requester
+RESULT_PERFORMERS_0912 = frozenset({"ARI", "TN", "TR", "RO"})  # DiagnosticReport.performer (IG ORU_R01)
+PRINCIPAL_RESULT_INTERPRETER = "PRI"  # DiagnosticReport.resultsInterpreter
+SPECIMEN_COLLECTOR = "SC"  # Specimen.collection.collector
+
+# ---- insurance (IN2) ---------------------------------------------------------------------------------
+# Table 0344 Patient's Relationship to Insured (IN2-72) → subscriber-relationship
+RELATIONSHIP_0344 = {
+    "01": "self",
+    "02": "spouse",
+    "03": "child",
+    "04": "child",
+    "05": "child",
+    "06": "child",
+    "07": "other",
+    "08": "other",
+    "10": "child",
+    "11": "other",
+    "12": "other",
+    "13": "other",
+    "14": "other",
+    "15": "injured",
+    "16": "other",
+    "17": "other",
+    "18": "parent",
+    "19": "other",
+}
+
+# ---- consent (CON) -----------------------------------------------------------------------------------
+# Table 0498 Consent Status (CON-11) → Consent.status (IG ConceptMap table-hl70498-to-consent-state-codes;
+# B "bypassed, consent not sought" is unmatched there: no Consent is made for it).
+CONSENT_STATUS_0498 = {"A": "active", "L": "active", "R": "rejected", "P": "proposed", "X": "inactive"}
+# Table 0500 Consent Disclosure Level (CON-21) → the provision: F full → permit, N none → deny;
+# P partial has its limits only as text (CON-9), so it has no computable provision.
+DISCLOSURE_0500 = {"F": "permit", "N": "deny"}
+# Table 0496 Consent Type (CON-2) → Consent.category (LOINC, R4 consent-category examples); the v2
+# coding is kept beside it. Types without a closer LOINC document code are "Patient Consent".
+LOINC = "http://loinc.org"
+CONSENT_CATEGORY_0496 = {
+    "001": ("64292-6", "Release of information consent"),
+    "003": ("57016-8", "Privacy policy acknowledgment Document"),
+}
+PATIENT_CONSENT = ("59284-0", "Patient Consent")
+CONSENT_SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
+
+# ---- specimen (SPM) ----------------------------------------------------------------------------------
+# Message structures whose SPECIMEN group encloses the ORDER group (the SPM heads the OBRs that follow
+# it) — in all others an SPM belongs to the order group it follows. From the v2.5.1-2.8.2 message
+# structures (hl7apy's definitions; tests/unit/test_hl7_segments.py checks this set against them).
+SPECIMEN_FIRST_STRUCTURES = frozenset(
+    {
+        "OML_O33",
+        "OML_O35",
+        "OPL_O37",
+        "OPR_O38",
+        "OPU_R25",
+        "ORL_O34",
+        "ORL_O36",
+        "ORL_O42",
+        "ORL_O43",
+        "OUL_R22",
+        "OUL_R23",
+    }
+)
+# Table 0493 Specimen Condition is mapped as it is; SPM-20 Specimen Availability (Y/N) → status.
+SPECIMEN_AVAILABILITY = {"Y": "available", "N": "unavailable"}
+# Message structures whose ORDER group has the ORC after the OBR (OUL: OBR, ORC, …): such an ORC
+# completes the order its OBR opened instead of starting the next one. Same source and test.
+ORC_AFTER_OBR_STRUCTURES = frozenset({"OPL_O37", "OPU_R25", "OUL_R22", "OUL_R23", "OUL_R24"})
+
+
+def structure(message_code: str, trigger: str, declared: str) -> str:
+    """The message structure (MSH-9.3), else the one named after the message type and trigger."""
+    return declared or f"{message_code}_{trigger}"
