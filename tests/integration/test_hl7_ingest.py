@@ -24,6 +24,7 @@ from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import Unprocessable
 from fhir_gateway.fhir.ids import stable_id
+from fhir_gateway.ingest.hl7v2 import store as hl7_store
 from fhir_gateway.ingest.hl7v2.ack import Outcome
 from fhir_gateway.ingest.hl7v2.cli import hl7_app
 from fhir_gateway.ingest.hl7v2.files import failed, ingest_file, messages_in
@@ -386,3 +387,34 @@ async def test_queued_messages_are_encrypted_at_rest(
     runtime: Runtime = app.state.runtime
     replayed = await Receiver(runtime).replay_all()
     assert replayed and all(reply.ack for _, reply in replayed)  # and it still replays from the queue
+
+
+async def test_a_duplicate_gets_its_stored_acks_whatever_characters_the_header_echoes(app: FastAPI) -> None:
+    """The ACK echoes MSH-3..6 and MSH-10, so a sending application holding 0x1C (the character that
+    once joined stored ACKs) must still get back exactly the ACKs sent the first time."""
+    receiver = Receiver(app.state.runtime)
+    message = adt("FS1", "P8", enh="|||AL|AL").replace("|REG|HOSP|", "|RE\x1cG|HOSP|", 1)
+    first = await receiver.receive(message)
+    assert first.outcome is Outcome.ACCEPTED and len(first.acks) == 2
+    again = await receiver.receive(message)
+    assert again.duplicate and again.acks == first.acks
+
+
+async def test_acks_stored_by_an_earlier_release_are_still_answered(app: FastAPI) -> None:
+    runtime: Runtime = app.state.runtime
+    key = ("LEGACY", "HOSP", "OLD1")
+    async with runtime.store.transaction() as tx:
+        await tx.conn.execute(
+            hl7_store.hl7_messages.insert(),
+            {
+                "sending_application": key[0],
+                "sending_facility": key[1],
+                "control_id": key[2],
+                "message_type": "ADT^A01",
+                "received_at": 0.0,
+                "status": "accepted",
+                "ack": "MSH|^~\\&|CA\x1cMSH|^~\\&|AA",
+                "resources": "[]",
+            },
+        )
+    assert await hl7_store.stored_acks(runtime.store, key) == ["MSH|^~\\&|CA", "MSH|^~\\&|AA"]

@@ -41,7 +41,10 @@ from fhir_gateway.store.database import Connection
 from fhir_gateway.store.schema import PK, metadata
 from fhir_gateway.store.store import Store
 
-ACK_SEPARATOR = "\x1c"  # several ACKs (enhanced mode) in one column; never inside an ER7 message
+# The ACK column holds the ACK(s) sent (two in enhanced mode) as a JSON array: an ACK echoes fields of
+# the inbound MSH, so no character can be trusted never to occur in it. Rows written before held the
+# ACKs joined by 0x1C; an ACK starts with "MSH", so a leading "[" tells the two forms apart.
+LEGACY_ACK_SEPARATOR = "\x1c"
 
 hl7_messages = Table(
     "hl7_messages",
@@ -150,7 +153,14 @@ async def stored_acks(store: Store, key: MessageKey) -> list[str] | None:
     async with store.reader() as conn:
         params = {"app": key[0], "facility": key[1], "control_id": key[2]}
         row = (await conn.execute(_STORED_ACK, params)).first()
-    return row.ack.split(ACK_SEPARATOR) if row is not None else None
+    return _acks(row.ack) if row is not None else None
+
+
+def _acks(stored: str) -> list[str]:
+    if stored.startswith("["):
+        acks: list[str] = orjson.loads(stored)
+        return acks
+    return stored.split(LEGACY_ACK_SEPARATOR)
 
 
 async def record_message(
@@ -172,7 +182,7 @@ async def record_message(
             "message_type": message_type,
             "received_at": time.time(),
             "status": status,
-            "ack": ACK_SEPARATOR.join(acks),
+            "ack": orjson.dumps(acks).decode(),
             "resources": orjson.dumps(resources).decode(),
         },
     )
