@@ -668,3 +668,25 @@ def test_appointment_times_from_resource_segments_and_general_resources() -> Non
         map_message(parse("MSH|^~\\&|S|H|R|H|2024||SIU^S12|S2|P|2.5.1\rSCH|PA2|FA2\r")), "Appointment"
     )
     assert undated["status"] == "proposed" and undated["participant"][0]["status"] == "needs-action"
+
+
+def test_providers_named_by_xcn_are_kept_as_logical_references() -> None:
+    """PR1-11, RXA-10, TXA-10 and FT1-20 name a provider by XCN: no Practitioner resource is written,
+    but the performer/authenticator is kept, identified by XCN-1 and named by XCN-2/3."""
+    surgeon = {"identifier": {"value": "S1"}, "type": "Practitioner", "display": "Sam Surgeon"}
+    procedure = one(
+        mapped("ADT^A01", "PR1|1||0DTJ4ZZ^Appendectomy^I10P||20240302||||||S1^Surgeon^Sam"), "Procedure"
+    )
+    assert procedure["performer"] == [{"actor": surgeon}]
+    rxa = "RXA|0|1|20240110||08^HepB^CVX|0.5|mL^mL^UCUM||00^New^NIP001|N1^Nurse^Nia"
+    imm = one(mapped("VXU^V04", "ORC|RE||IZ-1^IIS", rxa), "Immunization")
+    assert imm["performer"][0]["actor"]["identifier"] == {"value": "N1"}
+    assert imm["performer"][0]["function"]["coding"][0]["code"] == "AP"
+    txa = "TXA|1|DS^Discharge summary|TX|20240301|||||A1^Author^Al|V1^Verifier^Val||DOC-9^EHR|||||AU||AV"
+    doc = one(mapped("MDM^T02", "PV1|1|O", txa), "DocumentReference")
+    assert doc["authenticator"]["display"] == "Val Verifier"
+    ft1 = "FT1|1|T100||20240301|20240302|CG|99213^Visit^C4|||2|150.00^USD" + "|" * 9 + "D7^Doc^Dora"
+    charge = one(mapped("DFT^P03", ft1), "ChargeItem")
+    assert charge["performer"] == [
+        {"actor": {"identifier": {"value": "D7"}, "type": "Practitioner", "display": "Dora Doc"}}
+    ]

@@ -172,7 +172,7 @@ def map_pr1(seg: Segment, ctx: MapContext) -> None:
     put(procedure, "performedDateTime", performed)
     put(procedure, "category", code_in(_first(seg, 6), "0230"))
     performers = [practitioner(r, ctx) for n in (8, 11, 12) for r in seg.repetitions(n)]
-    put(procedure, "performer", [{"actor": p} for p in performers if p and "reference" in p])
+    put(procedure, "performer", [{"actor": p} for p in performers if p])
     ident = ei(_first(seg, 19))
     put(procedure, "identifier", [ident] if ident else None)
     if ident is not None:

@@ -103,7 +103,7 @@ def map_ft1(seg: Segment, ctx: MapContext) -> None:
         )
     put(charge, "reason", [c for c in (codeable(r) for r in seg.repetitions(19)) if c])
     performer = practitioner(next(iter(seg.repetitions(20)), None), ctx)
-    if performer and "reference" in performer:
+    if performer:
         charge["performer"] = [{"actor": performer}]
     transaction_id = seg.value(2)
     if transaction_id:

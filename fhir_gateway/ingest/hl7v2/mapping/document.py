@@ -39,7 +39,7 @@ def map_txa(seg: Segment, ctx: MapContext) -> None:
     authors = [p for p in (practitioner(r, ctx) for r in seg.repetitions(9)) if p]
     put(doc, "author", authors or [p for p in (practitioner(r, ctx) for r in seg.repetitions(5)) if p])
     authenticator = practitioner(_first(seg, 10), ctx)
-    if authenticator and "reference" in authenticator:
+    if authenticator:
         doc["authenticator"] = authenticator
     if ctx.encounter is not None:
         doc["context"] = {"encounter": [ctx.encounter]}

@@ -63,7 +63,7 @@ def map_rxa(seg: Segment, ctx: MapContext) -> None:
     if source in ("00", "01"):
         imm["primarySource"] = source == "00"
     performer = practitioner(_first(seg, 10), ctx)
-    if performer and "reference" in performer:
+    if performer:
         function = {"coding": [{"system": PERFORMER_FUNCTION, "code": "AP"}]}
         imm["performer"] = [{"function": function, "actor": performer}]
     put(imm, "lotNumber", seg.value(15))
