@@ -646,11 +646,21 @@ def test_con_to_consent_field_by_field() -> None:
 
 @pytest.mark.parametrize(
     ("code", "status"),
-    [("A", "active"), ("L", "active"), ("R", "rejected"), ("P", "proposed"), ("X", "inactive")],
+    [("A", "active"), ("L", "active"), ("P", "proposed"), ("X", "inactive")],
 )
 def test_con_11_status_table_0498(code: str, status: str) -> None:
     con = CON.replace("A^Active^HL70498", code)
     assert one(valid(_mdm(TXA, con)), "Consent")["status"] == status
+
+
+def test_a_refused_privacy_consent_is_an_enforced_deny_and_a_refused_treatment_consent_is_rejected() -> None:
+    """CON-11 R on a disclosure consent: the patient said no. A `rejected` Consent would not be in
+    force and the default policy could disclose; it becomes an active deny, whatever CON-21 says."""
+    refused = one(valid(_mdm(TXA, CON.replace("A^Active^HL70498", "R").replace("|N", "|F"))), "Consent")
+    assert refused["status"] == "active" and refused["provision"]["type"] == "deny"
+    assert refused["policyRule"]["coding"][0]["code"] == "OPTOUT"
+    procedure = seg("CON", f1="1", f2="002^Medical Procedure (invasive)^HL70496", f3="SURG-1", f11="R")
+    assert one(valid(_mdm(procedure)), "Consent")["status"] == "rejected"
 
 
 @pytest.mark.parametrize(("status", "code"), [("B", "103"), ("Q", "103"), ("", "101")])

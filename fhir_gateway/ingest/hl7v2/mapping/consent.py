@@ -3,6 +3,9 @@
 - status: CON-11 (table 0498, IG ConceptMap table-hl70498-to-consent-state-codes): A/L active,
   R rejected, P proposed, X inactive. B (bypassed: consent not sought) has no counterpart, and
   Consent.status is 1..1: such a CON makes no Consent and is acknowledged with a warning.
+  One deliberate departure: a *privacy* CON with R means the patient refused to let their data be
+  disclosed. A `rejected` Consent is not in force, so the default policy (often permit) would apply
+  and disclose what the patient refused; it becomes an active Consent whose provision denies.
 - scope: patient-privacy when the CON speaks of disclosure (CON-2 001 release of information, 003
   privacy notice, or a CON-21 disclosure level); otherwise treatment (table 0496 is mostly consents
   to procedures). category: CON-2 in the v2-0496 system beside its LOINC document code.
@@ -64,6 +67,9 @@ def map_con(seg: Segment, ctx: MapContext) -> None:
     kind = comp(kind_rep, 1) if kind_rep else ""
     disclosure = seg.value(21).upper()
     privacy = kind in PRIVACY_TYPES or bool(disclosure)
+    refused = privacy and status == "rejected"
+    if refused:
+        status = "active"  # enforced as a deny (module docstring)
     scope = "patient-privacy" if privacy else "treatment"
     consent: Json = {
         "resourceType": "Consent",
@@ -77,7 +83,7 @@ def map_con(seg: Segment, ctx: MapContext) -> None:
     put(consent, "dateTime", _decided(seg, ctx))
     consent["performer"] = [_consenter(seg, ctx)]
     put(consent, "sourceAttachment", _text(seg))
-    effect = _effect(seg, ctx, kind, disclosure, status) if privacy else None
+    effect = "deny" if refused else _effect(seg, ctx, kind, disclosure, status) if privacy else None
     rule: Json = {}
     if effect:
         code, display = POLICY_RULE[effect]
