@@ -2,6 +2,7 @@
 
     record(event)       seal + enqueue; returns at once (awaits only when the queue is full)
     record_now(event)   enqueue and wait until committed; 503 when the audit log cannot be written
+    record_now(event, with_writes=fn)   ... and run `fn(tx)` in that same transaction
     start() / stop()    the background writer; stop flushes everything (or spills it to disk)
 
 The writer wakes when the first event arrives, lets a batch gather for `flush_interval_ms` (or until
@@ -15,16 +16,23 @@ Backpressure rather than loss: when `max_queue` events wait (the database is dow
 `record` waits for room. At shutdown, whatever cannot be written within `stop_timeout_seconds` is
 spilled to `spill_path` as JSON lines and loaded back, in order, at the next start.
 
-`record_now` is for events that must be durable before the answer (break-glass): its event is
-committed by the next flush (which starts at once); if that flush fails, or cannot start within
-`record_now_timeout_seconds`, the event is withdrawn and ServiceUnavailable raised, so the caller
-refuses the action rather than act unaudited.
+`record_now` is for events that must be durable before the answer (break-glass): its event goes
+ahead of the ordinary events still waiting and is committed by the next flush (which starts at
+once, and is kept short); if that flush fails, or cannot start within `record_now_timeout_seconds`,
+the event is withdrawn and ServiceUnavailable raised, so the caller refuses the action rather than
+act unaudited.
+
+`with_writes` lets the action itself commit atomically with its event (the break-glass grant and its
+notification): one transaction instead of two, and neither can exist without the other. The
+writes run in the group commit, so a failing one (a database error) fails the whole batch: the
+other durable events in it are refused too (503) and the rest retried, as for any failed flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import time
 from collections import deque
@@ -41,7 +49,9 @@ from fhir_gateway.audit.chain import SealedEvent, append, existing_ids, seal
 from fhir_gateway.audit.config import AuditSettings
 from fhir_gateway.audit.events import AuditSource
 from fhir_gateway.errors import ServiceUnavailable
-from fhir_gateway.store.store import Store
+from fhir_gateway.store.store import Store, Transaction
+
+Writes = Callable[[Transaction], Awaitable[None]]
 
 log = structlog.get_logger("fhir_gateway.audit")
 
@@ -49,6 +59,7 @@ WRITTEN = Counter("fhir_gateway_audit_events_written", "AuditEvents committed to
 FAILURES = Counter("fhir_gateway_audit_flush_failures", "Audit flush transactions that failed (retried)")
 SPILLED = Counter("fhir_gateway_audit_events_spilled", "AuditEvents spilled to disk at shutdown")
 LOST = Counter("fhir_gateway_audit_events_lost", "AuditEvents neither written nor spilled (disk failure)")
+URGENT_RIDERS = 32  # ordinary events written along with durable ones in a flush someone waits for
 QUEUED = Gauge("fhir_gateway_audit_queue_depth", "AuditEvents waiting to be written")
 
 
@@ -60,6 +71,7 @@ class _Pending:
     in_flight: bool = False
     maybe_written: bool = False  # a commit whose outcome is unknown may already hold it
     spill_file: Path | None = None  # the spill file to delete once this (its last event) is written
+    writes: Writes | None = None  # record_now(with_writes=...): committed with the event, or neither
 
 
 class AuditLog:
@@ -82,7 +94,9 @@ class AuditLog:
         self._wakeup = asyncio.Event()  # events arrived (first one, or a full batch)
         self._kick = asyncio.Event()  # flush now: record_now or stop
         self._room = asyncio.Event()  # the queue shrank below max_queue
-        self._urgent = 0  # waiters for a commit among the queued events
+        # Queued events someone waits for. Left as soon as they are written (not when the waiter
+        # resumes), so the flush after theirs is an ordinary group commit again.
+        self._waiting: set[_Pending] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -130,11 +144,15 @@ class AuditLog:
         await self._enqueue(pending)
         return pending.sealed.event_id
 
-    async def record_now(self, event: dict[str, Any]) -> str:
-        """Write an AuditEvent before returning; ServiceUnavailable when it cannot be written."""
+    async def record_now(self, event: dict[str, Any], *, with_writes: Writes | None = None) -> str:
+        """Write an AuditEvent before returning; ServiceUnavailable when it cannot be written.
+
+        `with_writes(tx)` runs in the transaction that appends the event: both commit, or neither.
+        """
         if not self.running:
             raise ServiceUnavailable("The audit log is not running; the action was refused")
-        pending = _Pending(seal(event), asyncio.get_running_loop().create_future(), durable=True)
+        waiter = asyncio.get_running_loop().create_future()
+        pending = _Pending(seal(event), waiter, durable=True, writes=with_writes)
         await self._enqueue(pending)
         await self._await_commit(pending, self.config.record_now_timeout_seconds)
         return pending.sealed.event_id
@@ -154,7 +172,10 @@ class AuditLog:
         while self.running and len(self._queue) >= self.config.max_queue:
             self._room.clear()
             await self._room.wait()
-        self._queue.append(pending)
+        if pending.durable:
+            self._queue.insert(self._durable_slot(), pending)
+        else:
+            self._queue.append(pending)
         QUEUED.set(len(self._queue))
         if self._stopping and not self.running:
             self._spill()  # recorded after stop(): to disk for the next start, never dropped
@@ -162,9 +183,23 @@ class AuditLog:
         if len(self._queue) == 1 or len(self._queue) >= self.config.batch_size:
             self._wakeup.set()
 
+    def _durable_slot(self) -> int:
+        """Where a durable event joins the queue: after the batch being written and the durable
+        events already waiting, ahead of ordinary ones. An action waiting for its own event then
+        waits for one flush, not for the backlog of read events queued before it (up to a whole
+        batch: 60 ms behind 400 events). The chain records commit order, which group commit
+        already lets differ from `recorded` order by a flush interval.
+        """
+        slot = 0
+        for pending in self._queue:
+            if not (pending.in_flight or pending.durable):
+                break
+            slot += 1
+        return slot
+
     async def _await_commit(self, pending: _Pending, timeout: float | None) -> None:
         assert pending.waiter is not None
-        self._urgent += 1
+        self._waiting.add(pending)
         self._wakeup.set()
         self._kick.set()
         try:
@@ -180,7 +215,7 @@ class AuditLog:
                         "The audit log cannot be written now; the action was refused"
                     ) from None
         finally:
-            self._urgent -= 1
+            self._waiting.discard(pending)
 
     # --- the writer task ------------------------------------------------------------------------
 
@@ -211,7 +246,7 @@ class AuditLog:
         """Group commit: give a batch up to flush_interval to fill, unless someone waits for it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.flush_interval_ms / 1000
-        while len(self._queue) < self.config.batch_size and not self._urgent and not self._stopping:
+        while len(self._queue) < self.config.batch_size and not self._waiting and not self._stopping:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), max(deadline - loop.time(), 0.0))
@@ -219,7 +254,14 @@ class AuditLog:
                 return
 
     def _take(self) -> list[_Pending]:
-        batch = [self._queue[i] for i in range(min(len(self._queue), self.config.batch_size))]
+        """The queue's head. A durable event at the head (someone waits for it) makes a short
+        batch: the durable events and at most URGENT_RIDERS ordinary ones, so the wait is for a
+        small transaction rather than a full batch; the ordinary events still move every flush."""
+        limit = self.config.batch_size
+        if self._queue and self._queue[0].durable:
+            durable = sum(1 for _ in itertools.takewhile(lambda p: p.durable, self._queue))
+            limit = min(limit, durable + URGENT_RIDERS)
+        batch = [self._queue[i] for i in range(min(len(self._queue), limit))]
         for pending in batch:
             pending.in_flight = True
         return batch
@@ -237,10 +279,14 @@ class AuditLog:
                 keep = [i for i, e in enumerate(events) if e.event_id not in done]
                 events, described = [events[i] for i in keep], [described[i] for i in keep]
             await append(tx.conn, self.chain, events, described)
+            for pending in batch:
+                if pending.writes is not None:  # durable events only, never rechecked: see _failed
+                    await pending.writes(tx)
 
     def _written(self, batch: list[_Pending]) -> None:
         for pending in batch:
-            self._queue.popleft()  # the batch is the queue's head: only appends happened meanwhile
+            self._queue.popleft()  # the batch is the queue's head: only later slots changed meanwhile
+            self._waiting.discard(pending)
             if pending.waiter is not None and not pending.waiter.done():
                 pending.waiter.set_result(None)
             if pending.spill_file is not None:

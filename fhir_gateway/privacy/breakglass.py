@@ -3,16 +3,19 @@
     open_grant(...)        emergency_access role → a grant; its start AuditEvent (DCM 110113 /
                            110127) is durable before the grant exists, else 503 and no grant;
                            the privacy officer's notification commits in the grant's transaction
-    active_grants(...)     a caller's live grants (one indexed lookup; the PDP asks once a request)
+    active_grants(...)     a caller's live grants (one indexed lookup)
+    active_grant_keys(...) their (grant id, patient id) only: what the PDP asks once a request
     justify(...)           the grant's own subject files the post-access justification
     escalate_overdue(...)  unjustified past the deadline → escalated once, with a notification
     close_expired(...)     expired grants get their stop AuditEvent (DCM 110138), once
     report(...)            every grant with justification status, overdue flag and access count
 
-Ordering, and why. The audit event is written first (`AuditLog.record_now`), then the grant and
-its outbox row in one transaction. The other orders are worse: a grant written before its audit
-event could be used, unaudited, by a concurrent request, and removing it again might fail. If the
-grant's transaction fails after the event committed, a stop event with outcome 8 says so.
+Atomicity, and why. The start event, the grant row and its outbox row commit in one transaction
+(`AuditLog.record_now(..., with_writes=...)`, inside the audit log's group commit): a grant can
+never exist, and be used by a concurrent request, without its start event, and an event never
+claims a grant that is not there. It is also the emergency path's one write transaction (it was
+two, the audit flush and then the grant's: half of `$break-glass`'s cost). If it fails, nothing
+of it exists, the caller gets 503, and a refusal event (outcome 8) is queued.
 
 Degradation (issue 8): the notification channel is not consulted here at all (the outbox row
 commits with the grant, the dispatcher delivers it later), so a channel that is down never stops
@@ -44,12 +47,12 @@ from fhir_gateway.audit.events import (
 from fhir_gateway.audit.tables import audit_event_index, audit_events
 from fhir_gateway.audit.writer import AuditLog
 from fhir_gateway.context import RequestContext
-from fhir_gateway.errors import BadRequest, Conflict, Forbidden, NotFound
+from fhir_gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from fhir_gateway.fhir.requests import check_id
 from fhir_gateway.privacy.tables import break_glass_grants as bg
 from fhir_gateway.routing.outbox import enqueue
 from fhir_gateway.settings import PrivacySettings, Settings
-from fhir_gateway.store.store import Store
+from fhir_gateway.store.store import Store, Transaction
 
 EMERGENCY_ROLE = "emergency_access"
 PURPOSES = ("ETREAT", "BTG")  # v3 ActReason: emergency treatment, break the glass
@@ -217,30 +220,29 @@ async def open_grant(
         expires=moment + length * 60,
         reason=text,
     )
-    await audit_log.record_now(  # 503 (and no grant) when the audit log cannot be written
-        break_glass_event(
-            acting, source, started=True, grant_id=grant_id, patient=patient_id, client_address=client_address
-        )
+
+    async def store_grant(tx: Transaction) -> None:
+        await tx.conn.execute(insert(bg), _row(grant))
+        await enqueue(tx, channel or privacy.notify_channel, notification(OPENED, grant, privacy), now=moment)
+
+    start = break_glass_event(
+        acting, source, started=True, grant_id=grant_id, patient=patient_id, client_address=client_address
     )
-    try:
-        async with store.transaction() as tx:
-            await tx.conn.execute(insert(bg), _row(grant))
-            await enqueue(
-                tx, channel or privacy.notify_channel, notification(OPENED, grant, privacy), now=moment
-            )
-    except Exception:  # 503 when the database went away; anything else is a bug, but still recorded
-        await audit_log.record(
-            break_glass_event(
-                acting,
-                source,
-                started=False,
-                grant_id=grant_id,
-                patient=patient_id,
-                status=503,
-                outcome_desc="Emergency access not opened (the grant could not be stored)",
-                client_address=client_address,
-            )
+    try:  # one transaction: the start event, the grant and the notification, or none of them
+        await audit_log.record_now(start, with_writes=store_grant)
+    except ServiceUnavailable:
+        # Recorded (not durably: the log may be what failed) so that the refusal is not invisible.
+        refused = break_glass_event(
+            acting,
+            source,
+            started=True,
+            grant_id=grant_id,
+            patient=patient_id,
+            status=503,
+            outcome_desc="Emergency access refused (the audit log or the grant could not be written)",
+            client_address=client_address,
         )
+        await audit_log.record(refused)
         raise
     return grant
 
@@ -256,18 +258,14 @@ def _row(grant: Grant) -> dict[str, Any]:
 
 # --- the per-request lookup ---------------------------------------------------------------------
 
-_ACTIVE = (
-    select(bg)
-    .where(
-        and_(
-            bg.c.subject == bindparam("s"),
-            bg.c.expires > bindparam("now"),
-            bg.c.opened <= bindparam("now"),
-            bg.c.closed.is_(None),
-        )
-    )
-    .order_by(bg.c.opened)
+_LIVE = and_(
+    bg.c.subject == bindparam("s"),
+    bg.c.expires > bindparam("now"),
+    bg.c.opened <= bindparam("now"),
+    bg.c.closed.is_(None),
 )
+_ACTIVE = select(bg).where(_LIVE).order_by(bg.c.opened)
+_ACTIVE_KEYS = select(bg.c.grant_id, bg.c.patient_id).where(_LIVE).order_by(bg.c.opened)
 
 
 async def active_grants(store: Store, subject: str, now: float | None = None) -> list[Grant]:
@@ -279,6 +277,18 @@ async def active_grants(store: Store, subject: str, now: float | None = None) ->
     async with store.reader() as conn:
         rows = (await conn.execute(_ACTIVE, {"s": subject, "now": moment})).all()
     return [_grant(r) for r in rows]
+
+
+async def active_grant_keys(store: Store, subject: str, now: float | None = None) -> list[tuple[str, str]]:
+    """(grant id, patient id) of the caller's live grants: what the PDP needs, once a request.
+
+    The same lookup as `active_grants` without the texts and timestamps: the rows are narrow and
+    no Grant is built (a caller with many live grants paid for every column of each, per request).
+    """
+    moment = time.time() if now is None else now
+    async with store.reader() as conn:
+        rows = (await conn.execute(_ACTIVE_KEYS, {"s": subject, "now": moment})).all()
+    return [(r.grant_id, r.patient_id) for r in rows]
 
 
 # --- justification, escalation, closing ---------------------------------------------------------

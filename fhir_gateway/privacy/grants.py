@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from fhir_gateway.audit.events import break_glass_policy
 from fhir_gateway.auth.scopes import parse_scopes
 from fhir_gateway.context import RequestContext
 from fhir_gateway.privacy.access import AccessPolicy, Grants
-from fhir_gateway.privacy.breakglass import active_grants
+from fhir_gateway.privacy.breakglass import active_grant_keys
 from fhir_gateway.privacy.clearance import clearance_for, clearance_policy
 from fhir_gateway.privacy.consent import Provision, for_request
 from fhir_gateway.privacy.consent_store import ConsentCache
@@ -80,13 +81,13 @@ async def _with_break_glass(grants: Grants, ctx: RequestContext, store: Store) -
     """The patients this caller's open `$break-glass` grants unlock (emergency_access role only)."""
     if BREAK_GLASS_ROLE not in ctx.roles or not ctx.subject:
         return grants
-    active = await active_grants(store, ctx.subject)
+    active = await active_grant_keys(store, ctx.subject)
     if not active:
         return grants
     return replace(
         grants,
-        override=frozenset(g.patient_id for g in active),
-        grant_ids=tuple(g.policy for g in active),
+        override=frozenset(patient for _, patient in active),
+        grant_ids=tuple(break_glass_policy(grant_id) for grant_id, _ in active),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from typer.testing import CliRunner
 
 from fhir_gateway.audit.chain import (
@@ -35,7 +35,7 @@ from fhir_gateway.audit.cli import _kind, _requestor, audit_app
 from fhir_gateway.audit.config import AuditSettings
 from fhir_gateway.audit.events import AuditSource, Interaction, rest_event
 from fhir_gateway.audit.tables import audit_chain_heads, audit_events
-from fhir_gateway.audit.writer import FAILURES, LOST, AuditLog
+from fhir_gateway.audit.writer import FAILURES, LOST, URGENT_RIDERS, AuditLog
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import ServiceUnavailable
 from fhir_gateway.store.store import Store
@@ -503,3 +503,40 @@ def test_cli_rendering_helpers() -> None:
     assert _requestor({"agent": [{"requestor": True}]}) == "-"
     assert _requestor({"agent": [{"requestor": True, "who": {"identifier": {"value": "u"}}}]}) == "u"
     assert _kind({"type": {"code": "110114"}}) == "110114"
+
+
+async def test_record_now_goes_ahead_of_a_backlog_in_a_short_flush(store: Store, tmp_path: Path) -> None:
+    """An action waiting for its event waits for one small transaction, not for the backlog."""
+    log = AuditLog(store, config(tmp_path, flush_interval_ms=60_000))  # ordinary events just wait
+    await log.start()
+    try:
+        backlog = [await log.record(event(n)) for n in range(100)]
+        durable = await log.record_now(event(100))
+        written = [r.event_id for r in await rows(store)]
+        # The durable event is first in the chain, with URGENT_RIDERS of the backlog beside it.
+        assert written == [durable, *backlog[:URGENT_RIDERS]]
+    finally:
+        await log.stop()
+    assert [r.event_id for r in await rows(store)] == [durable, *backlog]
+    assert (await verify(store)).ok
+
+
+async def test_record_now_writes_commit_with_the_event_or_not_at_all(store: Store, tmp_path: Path) -> None:
+    log = AuditLog(store, config(tmp_path))
+    await log.start()
+    marker = insert(audit_chain_heads).values(chain="companion", seq=0, hash=GENESIS, updated=0.0)
+
+    async def companion(tx: Any) -> None:  # any write of the action's own; a second one conflicts
+        await tx.conn.execute(marker)
+
+    try:
+        durable = await log.record_now(event(1), with_writes=companion)
+        with pytest.raises(ServiceUnavailable):  # the same row again: its write fails, so does the event
+            await log.record_now(event(2), with_writes=companion)
+        await log.flush(timeout=10)
+    finally:
+        await log.stop()
+    assert [r.event_id for r in await rows(store)] == [durable]
+    async with store.reader() as conn:
+        heads = (await conn.execute(select(audit_chain_heads.c.chain))).scalars().all()
+    assert sorted(heads) == ["companion", "main"]

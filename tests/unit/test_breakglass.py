@@ -190,19 +190,37 @@ async def test_no_grant_when_the_audit_log_cannot_be_written(
         await tx.conn.execute(text("ALTER TABLE audit_events_away RENAME TO audit_events"))
 
 
-async def test_a_grant_that_cannot_be_stored_gets_a_failure_stop_event(
+async def test_a_grant_that_cannot_be_stored_leaves_no_start_event_only_a_refusal(
     store: Store, settings: Settings, audit_log: AuditLog
 ) -> None:
     async with store.transaction() as tx:
         await tx.conn.execute(text("ALTER TABLE outbox RENAME TO outbox_away"))
-    with pytest.raises(Exception):  # noqa: B017 - 503 on SQLite, the driver's error on PostgreSQL
+    with pytest.raises(ServiceUnavailable):
         await open_(store, settings, audit_log)
     async with store.transaction() as tx:
         await tx.conn.execute(text("ALTER TABLE outbox_away RENAME TO outbox"))
-    assert await bg.active_grants(store, "dr-who", T0) == []  # the grant rolled back with its message
+    # The start event, the grant and its message are one transaction: none of them exists.
+    assert await bg.active_grants(store, "dr-who", T0) == []
     await audit_log.flush(timeout=5)
     kinds = [(subtype(e), e["outcome"]) for e in await events(store)]
-    assert kinds == [("110127", "0"), ("110138", "8")]
+    assert kinds == [("110127", "8")]
+    # The audit log itself carries on: the next grant is opened and audited.
+    grant = await open_(store, settings, audit_log)
+    assert [g.grant_id for g in await bg.active_grants(store, "dr-who", T0)] == [grant.grant_id]
+
+
+async def test_a_grant_commits_with_its_start_event(
+    store: Store, settings: Settings, audit_log: AuditLog
+) -> None:
+    """Concurrent openings share group commits, and each grant is there with its own event."""
+    opened = await asyncio.gather(*(open_(store, settings, audit_log, patient_id=p) for p in ("p1", "p2")))
+    starts = {
+        e["entity"][1]["what"]["identifier"]["value"] for e in await events(store) if subtype(e) == "110127"
+    }
+    assert starts == {g.grant_id for g in opened}
+    keys = await bg.active_grant_keys(store, "dr-who", T0 + 1)
+    assert sorted(keys) == sorted((g.grant_id, g.patient_id) for g in opened)
+    assert len(await outbox.messages(store)) == 2
 
 
 # --- the per-request lookup and expiry ----------------------------------------------------------
