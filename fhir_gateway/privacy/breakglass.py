@@ -195,19 +195,21 @@ async def open_grant(
     found = await store.read("Patient", patient_id)
     grant_id = uuid.uuid4().hex
     acting = dataclasses.replace(ctx, purpose_of_use=(code,), policy=None)
-    if found is None or found.deleted:
-        await audit_log.record(
-            break_glass_event(
-                acting,
-                source,
-                started=True,
-                grant_id=grant_id,
-                patient=patient_id,
-                status=404,
-                outcome_desc="Emergency access refused (no such patient)",
-                client_address=client_address,
-            )
+
+    def start_event(status: int = 200, refused: str | None = None) -> dict[str, Any]:
+        return break_glass_event(
+            acting,
+            source,
+            started=True,
+            grant_id=grant_id,
+            patient=patient_id,
+            status=status,
+            outcome_desc=f"Emergency access refused ({refused})" if refused else None,
+            client_address=client_address,
         )
+
+    if found is None or found.deleted:
+        await audit_log.record(start_event(404, "no such patient"))
         raise NotFound("Patient not found", expression="Patient")
     moment = time.time() if now is None else now
     grant = Grant(
@@ -225,24 +227,11 @@ async def open_grant(
         await tx.conn.execute(insert(bg), _row(grant))
         await enqueue(tx, channel or privacy.notify_channel, notification(OPENED, grant, privacy), now=moment)
 
-    start = break_glass_event(
-        acting, source, started=True, grant_id=grant_id, patient=patient_id, client_address=client_address
-    )
     try:  # one transaction: the start event, the grant and the notification, or none of them
-        await audit_log.record_now(start, with_writes=store_grant)
+        await audit_log.record_now(start_event(), with_writes=store_grant)
     except ServiceUnavailable:
         # Recorded (not durably: the log may be what failed) so that the refusal is not invisible.
-        refused = break_glass_event(
-            acting,
-            source,
-            started=True,
-            grant_id=grant_id,
-            patient=patient_id,
-            status=503,
-            outcome_desc="Emergency access refused (the audit log or the grant could not be written)",
-            client_address=client_address,
-        )
-        await audit_log.record(refused)
+        await audit_log.record(start_event(503, "the audit log or the grant could not be written"))
         raise
     return grant
 
