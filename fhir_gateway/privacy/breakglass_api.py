@@ -55,6 +55,7 @@ from fhir_gateway.fhir.dates import date_range
 from fhir_gateway.pipeline.registry import subscriber_channels
 from fhir_gateway.privacy import breakglass
 from fhir_gateway.privacy.breakglass import Grant
+from fhir_gateway.routing.brokers import broker_channels
 from fhir_gateway.routing.outbox import Backoff, Dispatcher, channels_from_settings, finish
 
 log = structlog.get_logger("fhir_gateway.breakglass")
@@ -336,11 +337,13 @@ class BreakGlassServices:
         self.audit_log = audit_log
         self.interval = interval
         self.client = httpx.AsyncClient(timeout=10.0)
+        self.brokers = broker_channels(runtime.settings)  # connections of their own, closed at stop
         self.dispatcher = Dispatcher(
             runtime.store,
             # the privacy officer's channels, and those of systems subscribed to authoritative updates
             {
                 **channels_from_settings(runtime.settings, self.client),
+                **self.brokers,
                 **subscriber_channels(runtime.settings, self.client),
             },
             backoff=backoff,
@@ -363,6 +366,8 @@ class BreakGlassServices:
             await finish(task, grace)
         await self.dispatcher.stop(grace)
         await self.client.aclose()
+        for broker in self.brokers.values():
+            await broker.close()
 
     async def tick(self, now: float | None = None) -> tuple[int, int]:
         """One round: (grants escalated, grants closed)."""
