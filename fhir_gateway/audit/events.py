@@ -12,6 +12,8 @@ decision point can build an event where the facts are and hand it to `AuditLog.r
 - `login_failure_event`: DCM 110114 User Authentication / 110122 Login, outcome 4, no token contents.
 - `consent_event`: DCM 110113 Security Alert / BALP AuthZ-Consent, outcome 0 permit or 4 deny.
 - `break_glass_event`: DCM 110113 / 110127 Emergency Override Started (110138 Stopped).
+- `disclosure_event`: DCM 110106 Export, a resource (or a reference to it) sent to another system
+  by the routing layer, outcome 0 shared or 4 withheld, with the policy decision that said so.
 
 The "minimal" pattern throughout: references and identifiers, never names, birth dates or other
 demographics; outcomeDesc carries fixed texts and reason codes, never resource content.
@@ -282,6 +284,35 @@ def consent_event(
         outcome=Outcome.SUCCESS if permit else Outcome.MINOR_FAILURE,
         outcome_desc="Consent permits access" if permit else "Consent denies access",
         client_address=client_address,
+        entities=entities,
+        recorded=recorded,
+    )
+
+
+def disclosure_event(
+    recipient: RequestContext,
+    source: AuditSource,
+    *,
+    shared: bool,
+    resource: str,
+    patients: Iterable[str],
+    reason: str,
+    consents: Iterable[str] = (),
+    recorded: float | None = None,
+) -> Resource:
+    """Outbound sharing decided (DCM 110106 Export): the recipient system is the agent, `reason`
+    the decision's kind (granted, consent, label, scope ...; never the labels themselves)."""
+    entities = [_resource_entity(resource), *(_patient_entity(_patient_ref(p)) for p in patients)]
+    entities += [_security_entity({"reference": ref}) for ref in consents]
+    return _event(
+        recipient,
+        source,
+        type_=_coding(DCM, "110106", "Export"),
+        subtype=[_coding(DCM, "110106", "Export")],
+        action=Action.READ,
+        outcome=Outcome.SUCCESS if shared else Outcome.MINOR_FAILURE,
+        outcome_desc=f"Shared with the recipient ({reason})" if shared else f"Withheld ({reason})",
+        client_address=None,
         entities=entities,
         recorded=recorded,
     )

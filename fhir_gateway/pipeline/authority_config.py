@@ -23,6 +23,11 @@ class Subscriber(BaseModel):
     url: str | None = None
     system_of_record: bool = False
     health_url: str | None = None  # GET answering 2xx while the system is up; probed every probe_seconds
+    # Who the receiving system is, for the consent check before each push (routing/sharing.py):
+    # its FHIR reference (matched against Consent actors), its roles and the purpose of use.
+    recipient: str | None = None  # e.g. Organization/lab-x
+    roles: tuple[str, ...] = ("integration",)
+    purpose: str = "TREAT"
 
 
 class OutageSettings(BaseModel):

@@ -52,11 +52,12 @@ from fhir_gateway.audit.writer import AuditLog
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import BadRequest, Forbidden, GatewayError, information
 from fhir_gateway.fhir.dates import date_range
-from fhir_gateway.pipeline.registry import subscriber_channels
+from fhir_gateway.pipeline.registry import authority_settings, subscriber_channels
 from fhir_gateway.privacy import breakglass
 from fhir_gateway.privacy.breakglass import Grant
 from fhir_gateway.routing.brokers import broker_channels
 from fhir_gateway.routing.outbox import Backoff, Dispatcher, channels_from_settings, finish
+from fhir_gateway.routing.sharing import recipients_from, screened_channels
 
 log = structlog.get_logger("fhir_gateway.breakglass")
 
@@ -340,12 +341,18 @@ class BreakGlassServices:
         self.brokers = broker_channels(runtime.settings)  # connections of their own, closed at stop
         self.dispatcher = Dispatcher(
             runtime.store,
-            # the privacy officer's channels, and those of systems subscribed to authoritative updates
-            {
-                **channels_from_settings(runtime.settings, self.client),
-                **self.brokers,
-                **subscriber_channels(runtime.settings, self.client),
-            },
+            # the privacy officer's channels, and those of systems subscribed to authoritative
+            # updates; whatever names a resource is first put to the PDP as its recipient
+            screened_channels(
+                {
+                    **channels_from_settings(runtime.settings, self.client),
+                    **self.brokers,
+                    **subscriber_channels(runtime.settings, self.client),
+                },
+                recipients_from(authority_settings(runtime.settings).subscribers),
+                runtime.gateway,
+                audit_log,
+            ),
             backoff=backoff,
             poll_seconds=poll_seconds,
             prepare=runtime.ensure_schema,
