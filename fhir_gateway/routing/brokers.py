@@ -85,8 +85,11 @@ class NatsChannel:
             client = await nats.connect(
                 self.url,
                 connect_timeout=self.connect_timeout,
+                # Fail fast: allow_reconnect=False alone keeps retrying the *first* connect
+                # forever; one attempt, no wait, and NoServersError says the broker is down.
                 allow_reconnect=False,
-                max_reconnect_attempts=0,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
                 error_cb=_quiet,
             )
             js = client.jetstream(timeout=self.ack_timeout)

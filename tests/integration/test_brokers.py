@@ -19,9 +19,11 @@ import nats
 import orjson
 import pytest
 from nats.js import JetStreamContext
+from sqlalchemy import select, text
 
 from fhir_gateway.audit.config import AuditSettings
-from fhir_gateway.audit.events import AuditSource
+from fhir_gateway.audit.events import AuditSource, break_glass_policy
+from fhir_gateway.audit.tables import audit_events
 from fhir_gateway.audit.writer import AuditLog
 from fhir_gateway.context import RequestContext
 from fhir_gateway.gateway import Gateway
@@ -31,6 +33,7 @@ from fhir_gateway.routing.brokers import NatsChannel, broker_channels
 from fhir_gateway.routing.outbox import Backoff, DeliveryError, Dispatcher, Message
 from fhir_gateway.store.store import Store
 from tests.conftest import make_settings
+from tests.integration.test_breakglass_api import break_glass, running, until, values
 
 pytestmark = pytest.mark.nats
 
@@ -231,3 +234,62 @@ async def test_break_glass_notification_reaches_the_stream_without_the_reason(
 
 def test_no_broker_channel_without_a_url(tmp_path: Path) -> None:
     assert broker_channels(make_settings(f"sqlite+aiosqlite:///{tmp_path}/x.db")) == {}
+
+
+# --- degradation, through the HTTP operations ---------------------------------------------------
+
+
+async def test_break_glass_with_the_broker_down_opens_and_the_notice_follows_when_it_is_back(
+    stream: tuple[JetStreamContext, str, str], relay: Relay, tmp_path: Path
+) -> None:
+    js, name, subject = stream
+    await relay.stop()  # the privacy officer's broker is down before anyone breaks the glass
+    privacy = {"notify_channel": "nats", "nats_url": relay.url, "nats_subject": subject}
+    async with running(tmp_path, **privacy) as env:
+        opened = await break_glass(env)
+        assert opened.status_code == 200, opened.text
+        grant = values(opened.json())["grant"]
+        assert (await env.client.get("/Patient/p1", headers=env.doctor)).status_code == 200
+
+        async def failed() -> bool:
+            [m] = await outbox.messages(env.runtime.store)
+            return m.attempts >= 1
+
+        await until(failed)
+        [waiting] = await outbox.messages(env.runtime.store, pending_only=True)
+        assert waiting.last_error is not None and waiting.last_error.startswith("NATS ")
+        assert await stored(js, name) == []
+        # The emergency read was audited under the grant, broker or not (the REST routes record
+        # on the runtime's own AuditLog).
+        await env.runtime.audit.flush(timeout=5)
+        async with env.runtime.store.reader() as conn:
+            events = [orjson.loads(r.event) for r in (await conn.execute(select(audit_events.c.event))).all()]
+        reads = [e for e in events if e["subtype"][0]["code"] == "read"]
+        assert any(break_glass_policy(grant) in e["agent"][0].get("policy", ()) for e in reads)
+
+        await relay.start()
+
+        async def delivered() -> bool:
+            return not await outbox.messages(env.runtime.store, pending_only=True)
+
+        await until(delivered)
+    [(body, _)] = await stored(js, name)
+    assert body["grant"] == grant and body["event"] == breakglass.OPENED
+
+
+async def test_audit_log_down_refuses_and_nothing_reaches_the_broker(
+    stream: tuple[JetStreamContext, str, str], tmp_path: Path
+) -> None:
+    js, name, subject = stream
+    privacy = {"notify_channel": "nats", "nats_url": NATS_URL, "nats_subject": subject}
+    async with running(tmp_path, **privacy) as env:
+        async with env.runtime.store.transaction() as tx:
+            await tx.conn.execute(text("ALTER TABLE audit_events RENAME TO audit_events_away"))
+        refused = await break_glass(env)
+        assert refused.status_code == 503
+        assert await breakglass.active_grants(env.runtime.store, "dr-who") == []
+        await asyncio.sleep(0.2)  # several dispatcher polls: there is nothing to send
+        assert await outbox.messages(env.runtime.store) == []
+        async with env.runtime.store.transaction() as tx:
+            await tx.conn.execute(text("ALTER TABLE audit_events_away RENAME TO audit_events"))
+    assert await stored(js, name) == []
