@@ -33,13 +33,9 @@ from harness import Result  # noqa: E402
 
 from fhir_gateway.api.app import fhir_router  # noqa: E402
 from fhir_gateway.api.runtime import Runtime  # noqa: E402
-from fhir_gateway.audit.config import AuditSettings  # noqa: E402
-from fhir_gateway.audit.events import AuditSource  # noqa: E402
-from fhir_gateway.audit.writer import AuditLog  # noqa: E402
 from fhir_gateway.auth.tokens import mint_token  # noqa: E402
 from fhir_gateway.logs import configure_logging  # noqa: E402
 from fhir_gateway.privacy.breakglass import active_grants  # noqa: E402
-from fhir_gateway.privacy.breakglass_api import BreakGlassServices, build_breakglass_router  # noqa: E402
 from fhir_gateway.settings import load_settings  # noqa: E402
 
 WARMUP = 10  # emergency operations before measuring: the first ones compile their SQL statements
@@ -80,22 +76,15 @@ async def main(n: int, clients: int) -> None:
         },
     )
     configure_logging(settings.log_level)  # as create_app does; the log channel's lines are filtered
+    # The app as create_app assembles it: one AuditLog (runtime.audit) for reads and grants alike,
+    # and the runtime's outbox dispatcher, both started by the router's lifespan.
+    settings = settings.model_copy(
+        update={"audit": settings.audit.model_copy(update={"spill_path": str(work / "spill")})}
+    )
     runtime = Runtime(settings)
-    audit_log = AuditLog(
-        runtime.store,
-        AuditSettings(spill_path=str(work / "spill")),
-        source=AuditSource.from_settings(settings),
-        prepare=runtime.ensure_schema,
-    )
-    services = BreakGlassServices(runtime, audit_log)
     app = FastAPI()
-    app.include_router(
-        build_breakglass_router(runtime, "/fhir", audit_log, on_enqueue=services.dispatcher.wake)
-    )
     app.include_router(fhir_router(runtime=runtime))
     async with app.router.lifespan_context(app):
-        await audit_log.start()
-        await services.start()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench/fhir", timeout=60) as client:
             for i in range(2 * n + WARMUP):
@@ -131,7 +120,7 @@ async def main(n: int, clients: int) -> None:
             async def phase(name: str, total: int, width: int, op: Operation) -> Result:
                 # Each phase starts with the audit queue empty: a backlog of another phase's events
                 # (one 400-event flush runs inline for tens of ms) would be charged to this one.
-                await audit_log.flush(timeout=60)
+                await runtime.audit.flush(timeout=60)
                 return await timed(name, total, width, op, client)
 
             await phase("warmup", min(50, n), clients, plain)
@@ -158,8 +147,6 @@ async def main(n: int, clients: int) -> None:
             for _ in range(lookups):
                 await active_grants(runtime.store, "dr-lookup")
             lookup_us = (time.perf_counter() - t0) / lookups * 1e6
-        await services.stop()
-        await audit_log.stop()
     shutil.rmtree(work, ignore_errors=True)
     for result in (read_1, glass_1, read, glass):
         print(result.line())
