@@ -540,3 +540,23 @@ async def test_record_now_writes_commit_with_the_event_or_not_at_all(store: Stor
     async with store.reader() as conn:
         heads = (await conn.execute(select(audit_chain_heads.c.chain))).scalars().all()
     assert sorted(heads) == ["companion", "main"]
+
+
+async def test_record_now_behind_a_write_that_outlasts_its_timeout_is_withdrawn(
+    store: Store, tmp_path: Path
+) -> None:
+    """Queued after a batch already being written (it cannot jump an in-flight write): when that
+    write outlasts the timeout, the durable event is withdrawn and refused, never written later."""
+    log = AuditLog(store, config(tmp_path, record_now_timeout_seconds=0.1))
+    await log.start()
+    try:
+        async with store.transaction() as tx:
+            await lock_head(tx.conn, "main")  # another writer holds the chain
+            ordinary = await log.record(event(1))
+            await asyncio.sleep(0.05)  # the writer has taken it and waits for the chain
+            with pytest.raises(ServiceUnavailable):
+                await log.record_now(event(2))
+        await log.flush(timeout=10)
+    finally:
+        await log.stop()
+    assert [r.event_id for r in await rows(store)] == [ordinary]

@@ -7,6 +7,7 @@ driven directly, with time injected, and the outbox channels talk to real local 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socketserver
 import threading
 import time
@@ -27,6 +28,8 @@ from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceUnavailable
 from fhir_gateway.gateway import Gateway
 from fhir_gateway.privacy import breakglass as bg
+from fhir_gateway.privacy.consent_store import ConsentCache
+from fhir_gateway.privacy.grants import grants_for
 from fhir_gateway.privacy.tables import break_glass_grants
 from fhir_gateway.routing import outbox
 from fhir_gateway.routing.outbox import Backoff, DeliveryError, Dispatcher, Message
@@ -560,3 +563,17 @@ async def test_stop_cancels_a_pass_that_outlives_the_grace_period(store: Store) 
     assert not dispatcher.running
     [message] = await outbox.messages(store, pending_only=True)  # still queued, sent again later
     assert message.delivered_at is None
+
+
+async def test_the_pdp_opens_only_the_patients_of_the_callers_live_grants(
+    store: Store, settings: Settings, audit_log: AuditLog
+) -> None:
+    caller = dataclasses.replace(DOCTOR, scopes=("user/*.rs",), purpose_of_use=("TREAT",))
+    consents = ConsentCache(store, 5)
+    before = await grants_for(caller, settings, consents)
+    assert before.override == frozenset() and before.grant_ids == ()
+    grant = await open_(store, settings, audit_log, now=time.time())
+    after = await grants_for(caller, settings, consents)
+    assert after.override == {"p1"} and after.grant_ids == (break_glass_policy(grant.grant_id),)
+    other = dataclasses.replace(caller, subject="dr-no")
+    assert (await grants_for(other, settings, consents)).override == frozenset()
