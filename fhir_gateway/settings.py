@@ -142,7 +142,7 @@ class PrivacySettings(_Section):
     break_glass_justify_hours: float = Field(default=24.0, gt=0)  # unjustified grants escalate after this
     # Labels a break-glass grant does NOT open (42 CFR Part 2 substance-use records stay protected).
     break_glass_exceptions: tuple[str, ...] = ("SUD", "ETHUD", "OPIOIDUD")
-    notify_channel: Literal["log", "webhook", "smtp", "nats"] = "log"
+    notify_channel: Literal["log", "webhook", "smtp", "nats", "amqp"] = "log"
     notify_webhook_url: str | None = None
     smtp_host: str | None = None
     smtp_port: int = Field(default=25, ge=1, le=65535)
@@ -152,6 +152,11 @@ class PrivacySettings(_Section):
     nats_url: str | None = None  # e.g. nats://127.0.0.1:4222; the `nats` channel exists when set
     nats_subject: str = Field(default="fhir-gateway.privacy", min_length=1)
     nats_stream: str | None = None  # created for the subject when missing (dev); null = provisioned
+    # RabbitMQ (routing/amqp.py): delivered = a publisher confirm for a routed, persistent message.
+    amqp_url: str | None = None  # e.g. amqp://guest:guest@127.0.0.1:5672/; the `amqp` channel
+    amqp_exchange: str = ""  # "" = the default exchange (routing key = a queue's name)
+    amqp_routing_key: str = Field(default="fhir-gateway.privacy", min_length=1)
+    amqp_queue: str | None = None  # a durable queue to declare and bind (dev); null = provisioned
 
 
 ValidationMode = Literal["strict", "errors", "warn", "off"]

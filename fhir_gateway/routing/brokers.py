@@ -2,7 +2,8 @@
 
     NatsChannel(url, subject, stream=...)   JetStream publish; returns once the PubAck says the
                                             stream stored the message, else DeliveryError
-    broker_channels(settings)               the `nats` channel when `privacy.nats_url` is set
+    broker_channels(settings)               `nats` when `privacy.nats_url` is set, `amqp` (RabbitMQ,
+                                            routing/amqp.py) when `privacy.amqp_url` is
 
 Why JetStream and not core NATS: a core publish is fire-and-forget (nobody may be listening, and
 nothing is kept), so "sent" would not mean "delivered". A JetStream publish is a request answered
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Protocol
 
 import nats
 import orjson
@@ -33,10 +35,19 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
+from fhir_gateway.routing.amqp import AmqpChannel
 from fhir_gateway.routing.outbox import DeliveryError, Message
 from fhir_gateway.settings import Settings
 
 _FAILURES = (NatsError, OSError, TimeoutError)
+
+
+class BrokerChannel(Protocol):
+    """An outbox Channel with a connection of its own, closed when the dispatcher stops."""
+
+    async def send(self, message: Message) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class NatsChannel:
@@ -111,9 +122,17 @@ async def _quiet(_exc: Exception) -> None:
     per socket error (the default callback prints them)."""
 
 
-def broker_channels(settings: Settings) -> dict[str, NatsChannel]:
+def broker_channels(settings: Settings) -> dict[str, BrokerChannel]:
     """The broker channels the configuration makes available (none without a broker URL)."""
     privacy = settings.privacy
-    if not privacy.nats_url:
-        return {}
-    return {"nats": NatsChannel(privacy.nats_url, privacy.nats_subject, stream=privacy.nats_stream)}
+    channels: dict[str, BrokerChannel] = {}
+    if privacy.nats_url:
+        channels["nats"] = NatsChannel(privacy.nats_url, privacy.nats_subject, stream=privacy.nats_stream)
+    if privacy.amqp_url:
+        channels["amqp"] = AmqpChannel(
+            privacy.amqp_url,
+            privacy.amqp_routing_key,
+            exchange=privacy.amqp_exchange,
+            queue=privacy.amqp_queue,
+        )
+    return channels

@@ -34,51 +34,12 @@ from fhir_gateway.routing.outbox import Backoff, DeliveryError, Dispatcher, Mess
 from fhir_gateway.store.store import Store
 from tests.conftest import make_settings
 from tests.integration.test_breakglass_api import break_glass, running, until, values
+from tests.relay import Relay
 
 pytestmark = pytest.mark.nats
 
 NATS_URL = os.environ.get("TEST_NATS_URL", "nats://127.0.0.1:4222")
 HOST, _, PORT = NATS_URL.removeprefix("nats://").partition(":")
-
-
-class Relay:
-    """A TCP relay to the NATS server that can be taken down (refusing, and cutting connections)."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.links: set[asyncio.StreamWriter] = set()
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-        for writer in list(self.links):
-            writer.close()
-        self.links.clear()
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(HOST, int(PORT or 4222))
-        self.links |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
 
 
 @pytest.fixture
@@ -99,7 +60,7 @@ async def stream() -> AsyncIterator[tuple[JetStreamContext, str, str]]:
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Relay]:
-    r = Relay()
+    r = Relay(HOST, int(PORT or 4222), scheme="nats")
     await r.start()
     yield r
     await r.stop()
