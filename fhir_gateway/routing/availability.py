@@ -28,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fhir_gateway.pipeline.authority_config import AuthoritySettings
-from fhir_gateway.routing.outbox import Message, release
+from fhir_gateway.routing.outbox import WITHHELD, Message, release
 from fhir_gateway.routing.tables import sor_status
 from fhir_gateway.store.store import Store
 
@@ -112,7 +112,7 @@ class Availability:
         any delivery that got through means the system is there."""
         by_channel: dict[str, list[str | None]] = {}
         for message, error in outcomes:
-            if message.channel in self.channels:
+            if message.channel in self.channels and error != WITHHELD:  # withheld: nothing was tried
                 by_channel.setdefault(message.channel, []).append(error)
         for channel, errors in by_channel.items():
             failed = [e for e in errors if e is not None]

@@ -56,6 +56,14 @@ class DeliveryError(Exception):
     """A delivery attempt failed; the message (a failure class, no content) goes to `last_error`."""
 
 
+class Withheld(Exception):
+    """A channel decided not to send (e.g. a Consent denies the recipient): the message is done and
+    never retried, and the attempt says nothing about whether the recipient can be reached."""
+
+
+WITHHELD = "withheld"  # an attempt's outcome beside None (delivered) and a failure class
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     id: int
@@ -366,24 +374,25 @@ class Dispatcher:
                         await asyncio.sleep(self.settle_seconds)  # let a burst of enqueues gather
 
     async def deliver_due(self) -> int:
-        """One pass: claim the due rows, send them, record each outcome. Returns how many were sent."""
+        """One pass: claim the due rows, send them, record each outcome. Returns how many are done
+        (sent, or withheld by the channel)."""
         now = self._clock()
         async with self.store.transaction() as tx:
             params = {"now": now, "limit": self.batch_size, "lease": now + self.lease_seconds}
             claimed = sorted((_message(r) for r in (await tx.conn.execute(_CLAIM, params)).all()), key=_by_id)
         if not claimed:
             return 0
-        outcomes = await asyncio.gather(*(self._attempt(m) for m in claimed))
+        outcomes = await self._attempt_all(claimed)
         now = self._clock()
-        delivered = [m.id for m, error in zip(claimed, outcomes, strict=True) if error is None]
+        done = [m.id for m, error in zip(claimed, outcomes, strict=True) if error in (None, WITHHELD)]
         failed = [
             {"key": m.id, "retry": now + self.backoff.delay(m.attempts + 1), "error": error[:255]}
             for m, error in zip(claimed, outcomes, strict=True)
-            if error is not None
+            if error not in (None, WITHHELD)
         ]
         async with self.store.transaction() as tx:
-            if delivered:
-                await tx.conn.execute(_DELIVERED, {"ids": delivered, "at": now})
+            if done:
+                await tx.conn.execute(_DELIVERED, {"ids": done, "at": now})
             if failed:
                 await tx.conn.execute(_FAILED, failed)
         if self.observer is not None:
@@ -391,16 +400,34 @@ class Dispatcher:
                 await self.observer(list(zip(claimed, outcomes, strict=True)))
             except Exception as exc:  # a notification hook: delivery bookkeeping is already done
                 log.warning("outbox_observer_failed", error=type(exc).__name__)
-        return len(delivered)
+        return len(done)
+
+    async def _attempt_all(self, claimed: list[Message]) -> list[str | None]:
+        """Each channel's messages one after another, in id order (a receiver sees a resource's
+        versions in the order they were written); the channels themselves concurrently."""
+        outcomes: dict[int, str | None] = {}
+
+        async def in_order(batch: list[Message]) -> None:
+            for message in batch:
+                outcomes[message.id] = await self._attempt(message)
+
+        by_channel: dict[str, list[Message]] = {}
+        for message in claimed:
+            by_channel.setdefault(message.channel, []).append(message)
+        await asyncio.gather(*(in_order(batch) for batch in by_channel.values()))
+        return [outcomes[m.id] for m in claimed]
 
     async def _attempt(self, message: Message) -> str | None:
-        """Send one message; None when delivered, else the failure class for `last_error`."""
+        """Send one message; None when delivered, WITHHELD when the channel chose not to send, else
+        the failure class for `last_error`."""
         channel = self.channels.get(message.channel)
         try:
             if channel is None:
                 raise DeliveryError(f"channel {message.channel} not configured")
             async with asyncio.timeout(self.send_timeout):
                 await channel.send(message)
+        except Withheld:
+            return WITHHELD
         except DeliveryError as exc:
             error = str(exc)
         except TimeoutError:

@@ -36,7 +36,7 @@ from fhir_gateway.pipeline.authority_config import Subscriber
 from fhir_gateway.privacy.access import AccessPolicy, Decision
 from fhir_gateway.privacy.compartment import index_rows, patients_of
 from fhir_gateway.privacy.grants import grants_for
-from fhir_gateway.routing.outbox import Channel, DeliveryError, Message
+from fhir_gateway.routing.outbox import Channel, DeliveryError, Message, Withheld
 from fhir_gateway.store.store import StoredVersion
 
 if TYPE_CHECKING:  # the gateway imports the pipeline, which imports the outbox
@@ -121,7 +121,7 @@ class ScreenedChannel:
             log.info(
                 "outbox_withheld", message_id=message.id, channel=message.channel, reason=_kind(decision)
             )
-            return
+            raise Withheld
         await self.inner.send(message)
 
     def _event(self, decision: Decision, reference: str, patients: list[str]) -> dict[str, object]:

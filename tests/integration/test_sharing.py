@@ -21,7 +21,7 @@ from fhir_gateway.gateway import Gateway
 from fhir_gateway.pipeline.authority_config import Subscriber
 from fhir_gateway.privacy.breakglass_api import BreakGlassServices
 from fhir_gateway.routing import outbox
-from fhir_gateway.routing.outbox import Dispatcher, Message
+from fhir_gateway.routing.outbox import Dispatcher, Message, Withheld
 from fhir_gateway.routing.sharing import (
     Recipient,
     ScreenedChannel,
@@ -195,9 +195,11 @@ async def test_a_deletion_is_screened_on_the_data_it_removed_and_a_missing_one_w
     assert gone is not None and gone.version_id == 1  # the version before the deletion
     billing = Recorder()
     channel = ScreenedChannel(billing, BILLING, gateway, audit_log)
-    await channel.send(Message(1, "sor-billing", {"resource": "Observation/o1/_history/2"}, 0, 0, 0))
+    with pytest.raises(Withheld):
+        await channel.send(Message(1, "sor-billing", {"resource": "Observation/o1/_history/2"}, 0, 0, 0))
     # Nothing to decide on is never announced either (and audited without a patient).
-    await channel.send(Message(2, "sor-billing", {"resource": "Observation/none/_history/1"}, 0, 0, 0))
+    with pytest.raises(Withheld):
+        await channel.send(Message(2, "sor-billing", {"resource": "Observation/none/_history/1"}, 0, 0, 0))
     assert billing.told == []
     await audit_log.flush(timeout=5)
     [deleted, missing] = await exports(gateway.store)

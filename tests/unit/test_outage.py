@@ -18,7 +18,7 @@ from fhir_gateway.pipeline.outage import HISTORY_PAGE, OutageReads
 from fhir_gateway.pipeline.registry import Registry
 from fhir_gateway.routing import outbox
 from fhir_gateway.routing.availability import Availability, record, statuses
-from fhir_gateway.routing.outbox import Dispatcher, Message
+from fhir_gateway.routing.outbox import WITHHELD, Dispatcher, Message
 from fhir_gateway.store.store import Store, StoredVersion
 
 LAB = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -104,6 +104,17 @@ async def test_the_observer_counts_a_pass_once_and_ignores_other_channels(store:
     assert (await statuses(store))["sor-lis"].last_error == "HTTP 502"
 
 
+async def test_a_withheld_message_says_nothing_about_whether_the_system_is_there(store: Store) -> None:
+    """A push the consent check withheld never reached the system: with every real send failing,
+    it must not make the system of record count as available."""
+    tracker = Availability(store, config(failure_threshold=1))
+    push = Message(1, "sor-lis", {}, 0.0, 0, 0.0)
+    await tracker.observe([(push, "HTTP 503"), (push, WITHHELD)])
+    assert not (await statuses(store))["sor-lis"].available
+    await tracker.observe([(push, WITHHELD)])
+    assert not (await statuses(store))["sor-lis"].available
+
+
 async def test_coming_back_releases_the_queue_and_wakes_the_dispatcher(store: Store) -> None:
     woken: list[bool] = []
     tracker = Availability(store, config(failure_threshold=1), wake=lambda: woken.append(True))
@@ -171,6 +182,30 @@ async def test_a_failing_observer_does_not_stop_delivery(store: Store) -> None:
         await outbox.enqueue(tx, "sink", {"event": "x"})
     assert await Dispatcher(store, {"sink": Sink()}, observer=broken).deliver_due() == 1
     assert await outbox.messages(store, pending_only=True) == []
+
+
+async def test_a_channel_receives_its_messages_in_the_order_they_were_queued(store: Store) -> None:
+    """One pass sends each channel's messages one after another: a slow first send must not let the
+    next version of a resource overtake it (channels still run side by side)."""
+    arrived: list[tuple[str, int]] = []
+
+    class Sink:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def send(self, message: Message) -> None:
+            await asyncio.sleep(0.05 if message.payload["n"] == 0 else 0)
+            arrived.append((self.name, message.payload["n"]))
+
+    async with store.transaction() as tx:
+        for n in range(3):
+            await outbox.enqueue(tx, "sor", {"event": "x", "n": n})
+            await outbox.enqueue(tx, "other", {"event": "x", "n": n})
+    dispatcher = Dispatcher(store, {"sor": Sink("sor"), "other": Sink("other")})
+    assert await dispatcher.deliver_due() == 6
+    assert [n for name, n in arrived if name == "sor"] == [0, 1, 2]
+    assert [n for name, n in arrived if name == "other"] == [0, 1, 2]
+    assert arrived[0][1] == arrived[1][1] == 0  # both channels started before either finished
 
 
 # --- reads during an outage -------------------------------------------------------------------------
