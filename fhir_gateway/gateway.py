@@ -608,7 +608,7 @@ class Gateway:
         if BREAK_GLASS_ROLE not in ctx.roles or not policy.restricted:
             return False
         g = policy.grants
-        opened = AccessPolicy(Grants(g.types, patient=g.patient))
+        opened = AccessPolicy(Grants(g.types, patient=g.patient, narrowed=g.narrowed))
         relaxed = where_clause(parsed, visible=opened.visible)
         strict = where_clause(parsed, visible=policy.visible)
         return await searching.count(self.store, relaxed) > await searching.count(self.store, strict)

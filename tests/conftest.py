@@ -45,6 +45,16 @@ async def pg_schema() -> AsyncIterator[str]:
         await conn.close()
 
 
+@asynccontextmanager
+async def database_url(dialect: str, tmp_path: Path, name: str) -> AsyncIterator[str]:
+    """A fresh database of `dialect` ("sqlite" file under tmp_path, or a PostgreSQL schema)."""
+    if dialect == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/{name}.db"
+    else:
+        async with pg_schema() as url:
+            yield url
+
+
 async def open_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -13,7 +13,8 @@ Registered claims: `exp`, `iss`, `aud` and `sub` are required; `nbf` and `iat` a
 present (not in the future); all times with `security.clock_skew_seconds` of leeway (default 60 s).
 
 Every failure is `Unauthorized` (401, OperationOutcome code `login`) whose text names the kind of
-failure and never echoes the token or its claims.
+failure and never echoes the token or its claims; a valid token carrying a SMART v2 scope whose
+query this server cannot enforce exactly is refused with 403 `not-supported` (privacy/scope_filter.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fhir_gateway.auth.claims import context_from_claims
 from fhir_gateway.auth.jwks import KTY_FOR_ALG, JwksCache
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import Unauthorized
+from fhir_gateway.privacy.scope_filter import check_scopes, encrypted_for
 from fhir_gateway.settings import Settings
 
 HMAC_ALGORITHM = "HS256"
@@ -110,6 +112,7 @@ class TokenVerifier:
         self.jwks = jwks
         self._clock = clock
         self._verified: dict[str, tuple[bytes, float]] = {}  # token → (claims JSON, remembered until)
+        self._encrypted = encrypted_for(settings)
 
     def verify(self, token: str) -> RequestContext:
         """Check the token and return its caller's context (a JWKS fetch, when needed, blocks)."""
@@ -211,4 +214,8 @@ class TokenVerifier:
         return claims
 
     def _context(self, claims: dict[str, Any]) -> RequestContext:
-        return context_from_claims(claims, roles_claim=self.config.roles_claim)
+        ctx = context_from_claims(claims, roles_claim=self.config.roles_claim)
+        check_scopes(
+            ctx.scopes, self._encrypted
+        )  # a narrowed scope it cannot enforce: 403, not a wider grant
+        return ctx

@@ -10,8 +10,9 @@ then answers two equivalent questions:
 * `visible(table)` → the same rule as a SQL condition, for queries.
 
 Both read the same facts — the resource's index rows (`_security` tokens, `_compartment`
-references) — so they cannot drift apart; tests check them against each other. Consent and
-break-glass (privacy/consent.py, privacy/breakglass.py) add their inputs to this same policy.
+references, the tokens a narrowed SMART scope's query names) — so they cannot drift apart; tests
+check them against each other. Consent and break-glass (privacy/consent.py, privacy/breakglass.py)
+add their inputs to this same policy.
 
 Deny semantics. A caller without permission for a resource type gets 403 for it (that reveals
 nothing about any resource). A resource hidden by labels, compartment or consent is reported
@@ -31,6 +32,7 @@ from fhir_gateway.errors import Forbidden
 from fhir_gateway.privacy import consent
 from fhir_gateway.privacy.compartment import COMPARTMENT_PARAM, is_member_type, member_params, patients_of
 from fhir_gateway.privacy.consent import Provision
+from fhir_gateway.privacy.scope_filter import ScopeFilter
 from fhir_gateway.store.schema import idx_reference, idx_token
 from fhir_gateway.store.search.rows import IndexRows
 
@@ -44,6 +46,8 @@ class Grants:
     """What a caller is entitled to, independent of any particular resource.
 
     `types[interaction]` is the set of resource types allowed for it, or None for every type.
+    `narrowed` maps a type readable only through SMART v2 scopes with a query to those scopes'
+    filters (ORed): of that type, the caller sees only resources one of them admits.
     `patient` confines compartment resource types to that patient's compartment.
     `hidden` are the security labels the caller is not cleared for.
     `consents` are the patients' consents with their request-side elements already resolved for
@@ -55,6 +59,7 @@ class Grants:
 
     types: dict[str, frozenset[str] | None]
     patient: str | None = None
+    narrowed: dict[str, tuple[ScopeFilter, ...]] = field(default_factory=dict)
     hidden: frozenset[Label] = frozenset()
     consents: tuple[tuple[str, str, Provision | None], ...] = ()  # (patient, consent id, tree)
     consented: frozenset[str] = frozenset()  # patients with a consent in force
@@ -112,6 +117,7 @@ class AccessPolicy:
         g = self.grants
         return (
             g.patient is not None
+            or bool(g.narrowed)
             or bool(g.hidden)
             or bool(g.consents)
             or g.consent_default_deny
@@ -131,6 +137,9 @@ class AccessPolicy:
         if not (self.allows(res_type, "read") or self.allows(res_type, "search")):
             return Decision("deny", "scope")
         g = self.grants
+        filters = g.narrowed.get(res_type)
+        if filters is not None and not any(f.admits(res_id, rows) for f in filters):
+            return Decision("deny", "scope-query")
         patients = patients_of(rows)
         if g.patient is not None and is_member_type(res_type) and g.patient not in patients:
             return Decision("deny", "compartment")
@@ -167,6 +176,8 @@ class AccessPolicy:
         readable = _union(g.types.get("read", frozenset()), g.types.get("search", frozenset()))
         if readable is not None:
             conditions.append(res.c.res_type.in_(sorted(readable)))
+        for res_type, filters in sorted(g.narrowed.items()):
+            conditions.append(or_(res.c.res_type != res_type, *(f.admits_sql(res) for f in filters)))
         if g.patient is not None:
             ref = idx_reference.alias()
             in_compartment = exists().where(

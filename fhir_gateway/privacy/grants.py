@@ -20,6 +20,7 @@ from fhir_gateway.privacy.breakglass import active_grant_keys
 from fhir_gateway.privacy.clearance import clearance_for, clearance_policy
 from fhir_gateway.privacy.consent import Provision, for_request
 from fhir_gateway.privacy.consent_store import ConsentCache
+from fhir_gateway.privacy.scope_filter import EncryptedParams, ScopeFilter, encrypted_for, scope_filter
 from fhir_gateway.settings import Settings
 from fhir_gateway.store.store import Store
 
@@ -51,7 +52,7 @@ async def grants_for(ctx: RequestContext, settings: Settings, consents: ConsentC
         # The gateway's own work (a feed being applied, a CLI command): no end user to protect
         # data from; what it may write is governed by the pipeline, and what it reads never leaves.
         return Grants.everything()
-    types, patient_level = _scope_types(ctx.scopes)
+    types, narrowed, patient_level = _scope_types(ctx.scopes, encrypted_for(settings))
     if ctx.roles:
         allowed = set("".join(ROLE_PERMISSIONS.get(r, "") for r in ctx.roles))
         for interaction in INTERACTIONS:
@@ -68,6 +69,7 @@ async def grants_for(ctx: RequestContext, settings: Settings, consents: ConsentC
     grants = Grants(
         types,
         patient=patient,
+        narrowed=narrowed,
         hidden=hidden,
         override_exceptions=frozenset(label for label in hidden if label[1] in exceptions),
     )
@@ -122,20 +124,28 @@ def _may_withhold(tree: Provision) -> bool:
     return tree.type == "deny" or bool(tree.masks) or any(_may_withhold(c) for c in tree.children)
 
 
-def _scope_types(scopes: tuple[str, ...]) -> tuple[dict[str, frozenset[str] | None], bool]:
-    """Per interaction, the types the scopes allow (None = all); and whether any is patient-level."""
+def _scope_types(
+    scopes: tuple[str, ...], encrypted: EncryptedParams
+) -> tuple[dict[str, frozenset[str] | None], dict[str, tuple[ScopeFilter, ...]], bool]:
+    """Per interaction, the types the scopes allow (None = all); the types readable only through
+    scopes narrowed by a query, with their filters; and whether any scope is patient-level."""
     found: dict[str, set[str] | None] = {i: set() for i in INTERACTIONS}
+    whole: dict[str, set[str] | None] = {i: set() for i in INTERACTIONS}  # granted without a query
+    filters: dict[str, list[ScopeFilter]] = {}
     parsed = parse_scopes(scopes)
     for scope in parsed:
         if scope.query:
-            # A v2 scope narrowed by a query (`Observation.rs?category=laboratory`) is not yet
-            # turned into a filter; granting the whole type would over-share, so it grants nothing.
-            continue
+            filters.setdefault(scope.resource_type, []).append(scope_filter(scope, encrypted))
         for interaction in scope.interactions:
-            current = found[interaction]
-            if scope.resource_type == "*":
-                found[interaction] = None
-            elif current is not None:
-                current.add(scope.resource_type)
-    patient_level = any(scope.context == "patient" for scope in parsed)
-    return {i: (None if t is None else frozenset(t)) for i, t in found.items()}, patient_level
+            for table in (found, whole) if not scope.query else (found,):
+                current = table[interaction]
+                if scope.resource_type == "*":
+                    table[interaction] = None
+                elif current is not None:
+                    current.add(scope.resource_type)
+    # read and search decide visibility together (the PDP's per-resource form has no interaction),
+    # so a type is narrowed only when no scope grants either of them on it without a query.
+    unnarrowed = whole["read"], whole["search"]
+    narrowed = {t: tuple(fs) for t, fs in filters.items() if not any(u is None or t in u for u in unnarrowed)}
+    types = {i: (None if t is None else frozenset(t)) for i, t in found.items()}
+    return types, narrowed, any(scope.context == "patient" for scope in parsed)

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from fhir_gateway.auth.tokens import mint_token
 from fhir_gateway.settings import Settings
-from tests.conftest import make_settings, open_client, pg_schema
+from tests.conftest import database_url, make_settings, open_client
 
+W = TypeVar("W", bound="World")
 FHIR = {"Content-Type": "application/fhir+json"}
 ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PSY_CODE = {"coding": [{"system": "http://loinc.org", "code": "psy-note"}]}
@@ -81,20 +82,18 @@ class World:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    async def run(url: str) -> AsyncIterator[World]:
+    async for w in built(World, request.param, tmp_path):
+        yield w
+
+
+async def built(kind: type[W], dialect: str, tmp_path: Path) -> AsyncIterator[W]:
+    """A served app on a fresh database of `dialect`, with `kind`'s data written into it."""
+    async with database_url(dialect, tmp_path, "acl") as url:
         settings = make_settings(url)
         async for client in open_client(settings):
-            w = World(client, settings)
+            w = kind(client, settings)
             await w.build()
             yield w
-
-    if request.param == "sqlite":
-        async for w in run(f"sqlite+aiosqlite:///{tmp_path}/acl.db"):
-            yield w
-    else:
-        async with pg_schema() as url:
-            async for w in run(url):
-                yield w
 
 
 def clinician(w: World) -> dict[str, str]:

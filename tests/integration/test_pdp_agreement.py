@@ -15,11 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from fhir_gateway.auth.scopes import parse_scope
 from fhir_gateway.context import RequestContext
 from fhir_gateway.gateway import Gateway
 from fhir_gateway.privacy.access import AccessPolicy, Grants
 from fhir_gateway.privacy.compartment import index_rows
 from fhir_gateway.privacy.consent import Provision
+from fhir_gateway.privacy.scope_filter import ScopeFilter, scope_filter
 from fhir_gateway.store.schema import resources
 from fhir_gateway.store.store import Store, current_from_row, select_current
 from tests.conftest import make_settings
@@ -27,6 +29,7 @@ from tests.conftest import make_settings
 ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 CONF = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 LOINC = "http://loinc.org"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 
 def obs(oid: str, patient: str, code: str, *labels: tuple[str, str], **extra: Any) -> dict[str, Any]:
@@ -53,12 +56,27 @@ WORLD: list[dict[str, Any]] = [
         "class": {"code": "AMB"},
         "subject": {"reference": "Patient/p1"},
     },
+    {
+        "resourceType": "Encounter",
+        "id": "e2",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/p2"},
+    },
     {"resourceType": "Practitioner", "id": "doc"},
     obs("o1", "p1", "pulse"),
     obs("o2", "p1", "hiv", (ACT, "HIV"), encounter={"reference": "Encounter/e1"}),
     obs("o3", "p1", "note", (ACT, "PSY"), performer=[{"reference": "Practitioner/doc"}]),
     obs("o4", "p2", "pulse", (ACT, "SUD")),
     obs("o5", "p2", "hiv"),
+    {
+        "resourceType": "Observation",
+        "id": "o6",
+        "status": "preliminary",
+        "category": [{"coding": [{"system": CATEGORY, "code": "laboratory"}]}],
+        "code": {"coding": [{"code": "pulse"}]},
+        "subject": {"reference": "Patient/p1"},
+    },
 ]
 
 LABELS = [(ACT, "HIV"), (ACT, "PSY"), (ACT, "SUD"), (CONF, "V")]
@@ -95,20 +113,47 @@ def provisions(depth: int) -> st.SearchStrategy[Provision]:
     )
 
 
+# SMART v2 scopes narrowed by a query, every kind the PDP accepts: system|code, code, |code, system|,
+# several values (OR), several parameters (AND), _id, _security.
+NARROWING = [
+    f"user/Observation.rs?category={CATEGORY}|laboratory",
+    "user/Observation.rs?code=http://loinc.org|pulse",
+    "user/Observation.rs?code=hiv,note",
+    "user/Observation.rs?code=|pulse",
+    "user/Observation.rs?code=http://loinc.org|",
+    "user/Observation.rs?status=final&code=pulse",
+    f"user/Observation.rs?_security={ACT}|PSY",
+    "user/Patient.rs?_id=p1",
+    "user/Encounter.rs?class=|AMB",
+]
+
+
+def _narrowed(texts: set[str]) -> dict[str, tuple[ScopeFilter, ...]]:
+    grouped: dict[str, list[ScopeFilter]] = {}
+    for text in sorted(texts):
+        scope = parse_scope(text)
+        assert scope is not None
+        grouped.setdefault(scope.resource_type, []).append(scope_filter(scope))
+    return {t: tuple(fs) for t, fs in grouped.items()}
+
+
 type_sets = st.one_of(
     st.none(), st.sets(st.sampled_from(["Observation", "Patient", "Encounter"])).map(frozenset)
 )
 grants = st.builds(
-    lambda read, search, patient, hidden, consents, default_deny, exempt, override, exceptions: Grants(
-        {"read": read, "search": search},
-        patient=patient,
-        hidden=frozenset(hidden),
-        consents=tuple(consents),
-        consented=frozenset(p for p, _, _ in consents),
-        consent_default_deny=default_deny,
-        consent_exempt=frozenset(exempt),
-        override=frozenset(override),
-        override_exceptions=frozenset(exceptions),
+    lambda read, search, patient, hidden, consents, default_deny, exempt, override, exceptions, narrowing: (
+        Grants(
+            {"read": read, "search": search},
+            patient=patient,
+            narrowed=_narrowed(narrowing),
+            hidden=frozenset(hidden),
+            consents=tuple(consents),
+            consented=frozenset(p for p, _, _ in consents),
+            consent_default_deny=default_deny,
+            consent_exempt=frozenset(exempt),
+            override=frozenset(override),
+            override_exceptions=frozenset(exceptions),
+        )
     ),
     type_sets,
     type_sets,
@@ -122,6 +167,7 @@ grants = st.builds(
     st.sets(st.sampled_from(["p1", "p2"]), max_size=1),
     st.sets(st.sampled_from(["p1", "p2"]), max_size=1),
     st.sets(st.sampled_from(LABELS), max_size=1),
+    st.sets(st.sampled_from(NARROWING), max_size=3),
 )
 
 
@@ -164,9 +210,26 @@ async def _agree(store: Store, g: Grants) -> None:
     assert admitted == permitted, g
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(g=grants)
 def test_sql_and_python_decisions_agree(store_with_world: Store, g: Grants) -> None:
+    asyncio.run(_agree(store_with_world, g))
+
+
+@pytest.mark.parametrize("text", NARROWING)
+def test_each_narrowing_scope_admits_some_but_not_all(store_with_world: Store, text: str) -> None:
+    """The model's scopes are not vacuous: each alone keeps some resources of its type and drops others."""
+    g = Grants({"read": None, "search": None}, narrowed=_narrowed({text}))
+    policy = AccessPolicy(g)
+
+    async def admitted() -> set[str]:
+        async with store_with_world.reader() as conn:
+            found = await conn.execute(select(resources.c.res_id).where(policy.visible(resources)))
+            return {r.res_id for r in found.all()}
+
+    seen = asyncio.run(admitted())
+    of_type = {r["id"] for r in WORLD if r["resourceType"] == next(iter(g.narrowed))}
+    assert seen & of_type and of_type - seen
     asyncio.run(_agree(store_with_world, g))
 
 

@@ -50,9 +50,25 @@ def test_scopes_and_roles_intersect(settings: Settings) -> None:
     assert nurse.types["delete"] == frozenset() and nurse.types["read"] is None
 
 
-def test_a_scope_narrowed_by_a_query_grants_nothing_yet(settings: Settings) -> None:
-    g = grants(settings, doctor(scopes=("user/Observation.rs?category=laboratory",)))
-    assert g.types["read"] == frozenset()
+def test_a_scope_narrowed_by_a_query_grants_its_type_through_a_filter(settings: Settings) -> None:
+    g = grants(
+        settings,
+        doctor(
+            scopes=("user/Observation.rs?category=laboratory", "user/Observation.rs?category=vital-signs")
+        ),
+    )
+    assert g.types["read"] == {"Observation"} and g.types["search"] == {"Observation"}
+    assert [f.scope for f in g.narrowed["Observation"]] == [
+        "user/Observation.rs?category=laboratory",
+        "user/Observation.rs?category=vital-signs",
+    ]
+
+
+def test_a_scope_without_a_query_for_the_same_type_removes_the_narrowing(settings: Settings) -> None:
+    g = grants(settings, doctor(scopes=("user/Observation.rs?category=laboratory", "user/Observation.r")))
+    assert g.narrowed == {} and g.types["read"] == {"Observation"}
+    wildcard = grants(settings, doctor(scopes=("user/Observation.rs?category=laboratory", "user/*.s")))
+    assert wildcard.narrowed == {}
 
 
 def test_callers_without_clearance_read_nothing(settings: Settings) -> None:

@@ -94,6 +94,16 @@ def token(system: Column, code: Column, v: TokenValue) -> ColumnElement[bool]:
     return and_(*conditions)
 
 
+def token_matches(system: str | None, code: str | None, v: TokenValue) -> bool:
+    """`token` for one index row in hand (the policy decision point's per-resource form); kept next
+    to the SQL so the two cannot drift apart."""
+    if v.no_system and system is not None:
+        return False
+    if v.system is not None and system != v.system:
+        return False
+    return v.code is None or code == v.code
+
+
 def reference(
     target_type: Column, target_id: Column, url: Column | None, v: ReferenceValue
 ) -> ColumnElement[bool]:
