@@ -39,16 +39,23 @@ def serve(
     database_url: DbOpt = None,
     mllp_port: Annotated[int | None, typer.Option("--mllp-port", help="HL7v2 MLLP listener port")] = None,
     dicom_port: Annotated[int | None, typer.Option("--dicom-port", help="DICOM C-STORE SCP port")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, max=64, help="Server processes on the port (default 1)")
+    ] = None,
 ) -> None:
     """Run the server (embedded SQLite under ./data unless told otherwise)."""
-    import uvicorn
-
-    from fhir_gateway.api.app import create_app
+    from fhir_gateway.api.serve import serve as run_server
 
     settings = settings_from(
-        config, host=host, port=port, database_url=database_url, mllp_port=mllp_port, dicom_port=dicom_port
+        config,
+        host=host,
+        port=port,
+        database_url=database_url,
+        mllp_port=mllp_port,
+        dicom_port=dicom_port,
+        workers=workers,
     )
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    run_server(settings)
 
 
 @db_app.command("upgrade")

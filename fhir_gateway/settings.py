@@ -186,6 +186,7 @@ class Settings(_Section):
     environment: Environment = "development"
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)  # server processes on the port (api/serve.py)
     database_url: str = "sqlite+aiosqlite:///./data/fhir-gateway.db"
     mllp_port: int | None = Field(default=None, ge=1, le=65535)
     dicom_port: int | None = Field(default=None, ge=1, le=65535)

@@ -47,10 +47,12 @@ def fhir_router(
     return router
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, primary: bool = True) -> FastAPI:
+    """The stand-alone server app. `primary=False` for every worker process but one (api/serve.py):
+    it serves HTTP only, leaving the listeners and background loops to the primary."""
     settings = settings or load_settings()
     configure_logging(settings.log_level)
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, primary=primary)
     app = FastAPI(title="fhir_gateway", version=__version__)  # the FHIR router brings the lifespan
     app.state.runtime = runtime
     app.include_router(build_health_router(runtime))

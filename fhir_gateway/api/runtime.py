@@ -30,8 +30,12 @@ log = structlog.get_logger("fhir_gateway.runtime")
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    """`primary`: this process runs the once-per-server services (listeners, outbox dispatcher,
+    break-glass escalation); other worker processes of the same server only answer HTTP."""
+
+    def __init__(self, settings: Settings, *, primary: bool = True) -> None:
         self.settings = settings
+        self.primary = primary
         self.store = Store(settings.database_url)
         self.gateway = Gateway(settings, self.store)
         self.verifier = TokenVerifier(settings)
@@ -112,6 +116,8 @@ class Runtime:
         from fhir_gateway.ingest.dicom.scp import dicom_listener
         from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
 
+        if not self.primary:
+            return []
         found: list[AbstractAsyncContextManager[Any]] = [self._breakglass_service()]
         if self.availability.probes:
             found.append(self._probe_service())

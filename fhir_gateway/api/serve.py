@@ -1,0 +1,134 @@
+"""`fhir-gateway serve`: one server process, or a supervisor and `workers` processes on one port.
+
+One Python process serves one core's worth of reads. With `workers: N` (`--workers`,
+`FHIR_GATEWAY_WORKERS`) the supervisor prepares the database once — migrations and the first PHI
+key version, which concurrent first starts would otherwise race to create — and then starts N
+worker processes, each binding the port with SO_REUSEPORT, so the kernel spreads connections
+evenly over them (a shared accept socket lets the least busy process take most of them).
+
+What may run only once per server lives in worker 0, the primary: the MLLP and DICOM listeners
+(they bind their own ports), the outbox dispatcher and the break-glass escalation loop. Every
+worker has its own AuditLog; they all append to the same hash chain, which serialises appends in
+the database (PostgreSQL advisory lock + head row lock; SQLite BEGIN IMMEDIATE), so `audit verify`
+sees one unbroken chain. Per-process caches are bounded in staleness by design: consents
+(`privacy.consent_cache_seconds`), the key ring (reloaded on an unknown key version), verified
+tokens (`security.token_cache_seconds`).
+
+SIGINT/SIGTERM to the supervisor stops every worker gracefully (each flushes its audit queue); a
+worker that dies unexpectedly is started again with the same index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+import socket
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import structlog
+
+from fhir_gateway.settings import Settings
+
+log = structlog.get_logger("fhir_gateway.serve")
+BACKLOG = 4096  # 1,000+ clients connecting at once must not overflow the accept queue
+RESTART_DELAY_SECONDS = 1.0
+
+
+def serve(settings: Settings) -> None:
+    """Run the server in the foreground until interrupted."""
+    if settings.workers == 1:
+        _run_worker(settings, 0, reuse_port=False)
+        return
+    asyncio.run(prepare_database(settings))
+    Supervisor(settings).run()
+
+
+async def prepare_database(settings: Settings) -> None:
+    """Migrations and the PHI key ring, once, before any worker starts."""
+    from fhir_gateway.gateway import Gateway
+    from fhir_gateway.store.store import Store
+
+    store = Store(settings.database_url)
+    try:
+        await store.upgrade()
+        await Gateway(settings, store).ensure_crypto()
+    finally:
+        await store.dispose()
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop
+        self.workers: dict[int, BaseProcess] = {}
+        self.stopping = False
+
+    def run(self) -> None:
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for index in range(self.settings.workers):
+                self._start(index)
+            while not self.stopping:
+                self._restart_dead()
+                time.sleep(0.2)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._terminate()
+
+    def _start(self, index: int) -> None:
+        process = self.context.Process(
+            target=_run_worker,
+            args=(self.settings, index),
+            kwargs={"reuse_port": True},
+            name=f"worker-{index}",
+        )
+        process.start()
+        self.workers[index] = process
+
+    def _restart_dead(self) -> None:
+        for index, process in list(self.workers.items()):
+            if not process.is_alive() and not self.stopping:
+                log.warning("worker_died", worker=index, exitcode=process.exitcode)
+                time.sleep(RESTART_DELAY_SECONDS)
+                self._start(index)
+
+    def _stop(self, _signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _terminate(self) -> None:
+        for process in self.workers.values():
+            if process.is_alive():
+                process.terminate()  # SIGTERM: uvicorn shuts down gracefully, the lifespan flushes audit
+        for process in self.workers.values():
+            process.join(self.settings.audit.stop_timeout_seconds + 5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _run_worker(settings: Settings, index: int, *, reuse_port: bool) -> None:
+    import uvicorn
+
+    from fhir_gateway.api.app import create_app
+
+    app = create_app(settings, primary=index == 0)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", backlog=BACKLOG)
+    server = uvicorn.Server(config)
+    if not reuse_port:
+        server.run()
+        return
+    server.run(sockets=[_listening_socket(settings.host, settings.port)])
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(BACKLOG)
+    return sock
