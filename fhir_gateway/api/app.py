@@ -7,6 +7,7 @@ from fastapi import APIRouter, FastAPI
 from fhir_gateway import __version__
 from fhir_gateway.api.changes import build_changes_router
 from fhir_gateway.api.dicomweb import build_dicomweb_router
+from fhir_gateway.api.fastpath import add_read_fast_path
 from fhir_gateway.api.health import build_health_router
 from fhir_gateway.api.hl7v2 import build_hl7_router
 from fhir_gateway.api.metrics import MetricsMiddleware
@@ -59,5 +60,6 @@ def create_app(settings: Settings | None = None, *, primary: bool = True) -> Fas
     app.include_router(fhir_router(runtime=runtime))
     app.include_router(build_hl7_router(runtime))
     app.include_router(build_dicomweb_router(runtime, ingester=runtime.dicom))
+    add_read_fast_path(app, "/fhir", runtime.gateway.types)  # inside the metrics middleware
     app.add_middleware(MetricsMiddleware)
     return app

@@ -53,22 +53,30 @@ def http_date(epoch: float) -> str:
     return formatdate(epoch, usegmt=True)
 
 
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def guard(path: str, handler: Handler) -> Handler:
+    """`handler` behind the boundary: GatewayError → its OperationOutcome, anything else → a
+    generic 500; the AuditEvent for the answer that went out is recorded either way."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except GatewayError as exc:
+            await record_exchange(request, exc.status, exc)
+            return error_response(exc)
+        except Exception:
+            request_id = request.headers.get("x-request-id", "-")
+            log.exception("unhandled_error", path=path, method=request.method, request_id=request_id)
+            await record_exchange(request, 500)
+            return internal_error(request_id)
+        await record_exchange(request, response.status_code)
+        return response
+
+    return guarded
+
+
 class FhirRoute(APIRoute):
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def guarded(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except GatewayError as exc:
-                await record_exchange(request, exc.status, exc)
-                return error_response(exc)
-            except Exception:
-                request_id = request.headers.get("x-request-id", "-")
-                log.exception("unhandled_error", path=self.path, method=request.method, request_id=request_id)
-                await record_exchange(request, 500)
-                return internal_error(request_id)
-            await record_exchange(request, response.status_code)
-            return response
-
-        return guarded
+    def get_route_handler(self) -> Handler:
+        return guard(self.path, super().get_route_handler())
