@@ -51,7 +51,8 @@ class Result:
     def line(self) -> str:
         return (
             f"offered {self.offered:7.0f}/s  answered {self.achieved:7.0f}/s"
-            f"  p50 {self.percentile(50):8.1f} ms  p99 {self.percentile(99):8.1f} ms  p99.9 {self.percentile(99.9):8.1f} ms"
+            f"  p50 {self.percentile(50):8.1f} ms  p99 {self.percentile(99):8.1f} ms"
+            f"  p99.9 {self.percentile(99.9):8.1f} ms"
             f"  errors {self.errors}  unanswered {self.unsent}"
         )
 
