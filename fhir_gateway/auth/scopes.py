@@ -8,10 +8,10 @@ misspelt scope — grants no data access and parses to None):
     v1 without a context:  (Type|*).(read|write|*)                  applies in every context
 
 A v2 scope may end with a query (`patient/Observation.rs?category=laboratory`): it narrows the scope
-to resources that match that search. The pairs are kept on the Scope for the policy decision point
-to turn into a search filter; `allows` answers only "is this interaction on this type granted at
-all" and `granting` returns the scopes that grant it, so a caller can see whether every one of them
-is narrowed.
+to resources that match that search. The pairs are kept on the Scope; privacy/scope_filter.py turns
+them into the policy decision point's filter (or refuses the token when it cannot). `allows` answers
+only "is this interaction on this type granted at all" and `granting` returns the scopes that grant
+it, so a caller can see whether every one of them is narrowed.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Two inputs, intersected: the SMART scopes in the token (what the user authorised
 do) and the permissions of the user's roles (what the organisation lets the user do). A token
 with no roles is limited by its scopes alone (a SMART client of an external IdP), and a context
 with no scopes is allowed nothing. The `patient` launch context confines compartment data to that
-patient when the scopes are patient-level. Hidden labels come from the clearance model.
+patient when the scopes are patient-level. A SMART v2 scope narrowed by a query grants its type
+only through that query's filter (privacy/scope_filter.py), unless another scope grants the type
+whole. Hidden labels come from the clearance model.
 """
 
 from __future__ import annotations
