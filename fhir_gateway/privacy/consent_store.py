@@ -39,7 +39,7 @@ class ConsentCache:
         self._loaded_at = float("-inf")
         self._invalidated = float("-inf")
         self._by_patient: dict[str, list[PatientConsent]] = {}
-        self._lock = asyncio.Lock()
+        self._reload: asyncio.Future[None] | None = None
 
     def invalidate(self) -> None:
         """A Consent was written: the next decision reads them again (also if a load is under way
@@ -48,12 +48,13 @@ class ConsentCache:
 
     async def in_force(self, now: float) -> dict[str, list[PatientConsent]]:
         """Patient id → that patient's consents in force at `now`."""
-        if self._stale():
-            async with self._lock:
-                if self._stale():
-                    started = time.monotonic()
-                    self._by_patient = await self._load()
-                    self._loaded_at = started
+        while self._stale():
+            # One load at a time, shared: every caller waiting for it resumes in the same loop
+            # iteration when it is done. (A lock would hand itself on one waiter per iteration, so
+            # under load the requests that met a reload starved behind the ones that did not.)
+            if self._reload is None or self._reload.done():
+                self._reload = asyncio.ensure_future(self._refresh())
+            await asyncio.shield(self._reload)
         return {
             patient: live
             for patient, consents in self._by_patient.items()
@@ -62,6 +63,11 @@ class ConsentCache:
 
     def _stale(self) -> bool:
         return self._loaded_at <= self._invalidated or time.monotonic() - self._loaded_at > self.max_age
+
+    async def _refresh(self) -> None:
+        started = time.monotonic()  # a Consent written during the load makes it stale again
+        self._by_patient = await self._load()
+        self._loaded_at = started
 
     async def _load(self) -> dict[str, list[PatientConsent]]:
         async with self.store.reader(offload=True) as conn:
