@@ -38,7 +38,7 @@ from fhir_gateway.pipeline import feed
 from fhir_gateway.pipeline.outage import OutageReads
 from fhir_gateway.pipeline.stage import Pipeline
 from fhir_gateway.privacy.access import PERMIT, AccessPolicy, Decision, Grants, Interaction
-from fhir_gateway.privacy.compartment import index_rows
+from fhir_gateway.privacy.compartment import IndexRowsCache
 from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.privacy.grants import BREAK_GLASS_ROLE, policy_for
 from fhir_gateway.privacy.redact import redact
@@ -72,6 +72,7 @@ class Gateway:
         self.pipeline = pipeline if pipeline is not None else Pipeline.from_settings(settings)
         self.types = resource_types()
         self.consents = ConsentCache(store, settings.privacy.consent_cache_seconds)
+        self.facts = IndexRowsCache()  # the PDP's per-version facts, by stored bytes
         self.crypto = PhiCrypto.from_settings(settings)
         self.group_commit = GroupCommit(store, max_batch=settings.hl7.group_commit_max_messages)
         self._crypto_started = self.crypto is None
@@ -338,13 +339,12 @@ class Gateway:
             )
         return version
 
-    @staticmethod
-    def decision(policy: AccessPolicy, version: StoredVersion) -> Decision:
+    def decision(self, policy: AccessPolicy, version: StoredVersion) -> Decision:
         """The policy decision for one stored version (from its stored form: the facts it needs —
         labels, references, codes — are never encrypted)."""
-        if not policy.restricted or version.deleted:
+        if not policy.restricted or version.deleted or version.content is None:
             return PERMIT
-        rows = index_rows(version.res_type, version.res_id, version.resource())
+        rows = self.facts.rows(version.res_type, version.res_id, version.content, version.resource)
         return policy.decide(version.res_type, version.res_id, version.version_id, rows)
 
     async def present(self, policy: AccessPolicy, version: StoredVersion) -> StoredVersion | None:

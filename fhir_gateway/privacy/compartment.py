@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from importlib.resources import files
 from typing import Any
 
@@ -53,6 +54,32 @@ def index_rows(res_type: str, res_id: str, resource: dict[str, Any]) -> IndexRow
     rows = extract(resource)
     rows.references.extend(compartment_rows(res_type, res_id, rows))
     return rows
+
+
+class IndexRowsCache:
+    """`index_rows` of stored versions, remembered by their exact stored bytes.
+
+    Every read decides on the version's index rows, and parsing plus extracting them costs more
+    than the policy decision itself. The rows are a pure function of (type, id, content), so the
+    key holds the content bytes: a version edited in place (relabelled, re-encrypted by a key
+    rotation, changed by another process) has other bytes and is extracted afresh; nothing can
+    be stale. Bounded: the oldest entry goes first. The rows are shared: callers only read them.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._rows: dict[tuple[str, str, bytes], IndexRows] = {}
+
+    def rows(
+        self, res_type: str, res_id: str, content: bytes, resource: Callable[[], dict[str, Any]]
+    ) -> IndexRows:
+        key = (res_type, res_id, content)
+        found = self._rows.get(key)
+        if found is None:
+            if len(self._rows) >= self.size:
+                self._rows.pop(next(iter(self._rows)))
+            found = self._rows[key] = index_rows(res_type, res_id, resource())
+        return found
 
 
 def patients_of(rows: IndexRows) -> set[str]:
