@@ -34,6 +34,9 @@ class Result:
     latencies: list[float] = field(default_factory=list)  # seconds, from the scheduled send time
     errors: int = 0  # non-2xx answers, connection failures
     unsent: int = 0  # scheduled in the window but not answered when it closed (counted as too slow)
+    # how late the client itself put requests on the wire while the connection was free: when this
+    # is large the client (not the server) was short of CPU and the run says little about the server
+    send_lags: list[float] = field(default_factory=list)
 
     @property
     def achieved(self) -> float:
@@ -53,8 +56,14 @@ class Result:
             f"offered {self.offered:7.0f}/s  answered {self.achieved:7.0f}/s"
             f"  p50 {self.percentile(50):8.1f} ms  p99 {self.percentile(99):8.1f} ms"
             f"  p99.9 {self.percentile(99.9):8.1f} ms"
-            f"  errors {self.errors}  unanswered {self.unsent}"
+            f"  errors {self.errors}  unanswered {self.unsent}  client lag p99 {self.client_lag(99):.1f} ms"
         )
+
+    def client_lag(self, p: float) -> float:
+        if not self.send_lags:
+            return 0.0
+        ordered = sorted(self.send_lags)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
 class _Connection(asyncio.Protocol):
@@ -107,7 +116,9 @@ class _Connection(asyncio.Protocol):
         self.waiting.append(scheduled)
         if self.transport is None:
             self._reconnect()
-        elif self.in_flight is None:
+        elif self.in_flight is None:  # free: any delay from now on is the client's own
+            if self.window[0] <= scheduled < self.window[1]:
+                self.result.send_lags.append(time.monotonic() - scheduled)
             self._send_next()
 
     def _send_next(self) -> None:
