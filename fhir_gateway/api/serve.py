@@ -25,6 +25,7 @@ import multiprocessing
 import signal
 import socket
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -60,8 +61,11 @@ async def prepare_database(settings: Settings) -> None:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    """Starts `settings.workers` processes running `target(settings, index, reuse_port=True)`."""
+
+    def __init__(self, settings: Settings, target: Callable[..., None] | None = None) -> None:
         self.settings = settings
+        self.target = target or _run_worker
         self.context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop
         self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
@@ -81,7 +85,7 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         process = self.context.Process(
-            target=_run_worker,
+            target=self.target,
             args=(self.settings, index),
             kwargs={"reuse_port": True},
             name=f"worker-{index}",

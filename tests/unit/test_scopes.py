@@ -160,3 +160,13 @@ def test_scope_is_immutable_and_hashable() -> None:
     assert {scope, parse_scope("user/*.rs")} == {scope}
     with pytest.raises(AttributeError):
         scope.resource_type = "Patient"  # type: ignore[misc]
+
+
+def test_scope_queries_on_encrypted_parameters_are_known_only_with_crypto_on() -> None:
+    from fhir_gateway.privacy.scope_filter import encrypted_for
+    from tests.conftest import make_settings
+
+    on = encrypted_for(make_settings("sqlite+aiosqlite:///:memory:"))
+    off = encrypted_for(make_settings("sqlite+aiosqlite:///:memory:", crypto={"enabled": False}))
+    assert "identifier" in on("Patient") and "category" not in on("Observation")
+    assert off("Patient") == ()
