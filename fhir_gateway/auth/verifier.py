@@ -22,8 +22,9 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jwt
@@ -111,13 +112,14 @@ class TokenVerifier:
             )
         self.jwks = jwks
         self._clock = clock
-        self._verified: dict[str, tuple[bytes, float]] = {}  # token → (claims JSON, remembered until)
+        # token → (claims JSON, remembered until, the context those claims give, minus per-request state)
+        self._verified: dict[str, tuple[bytes, float, RequestContext]] = {}
         self._encrypted = encrypted_for(settings)
 
     def verify(self, token: str) -> RequestContext:
         """Check the token and return its caller's context (a JWKS fetch, when needed, blocks)."""
-        if (claims := self._remembered(token)) is not None:
-            return self._context(claims)
+        if (remembered := self._remembered(token)) is not None:
+            return remembered
         alg, kid = self._header(token)
         if alg == HMAC_ALGORITHM:
             return self._accept(token, self._decode(token, self.config.signing_key, alg))
@@ -128,8 +130,8 @@ class TokenVerifier:
 
     async def verify_async(self, token: str) -> RequestContext:
         """As `verify`, with a JWKS fetch (only on an unknown kid or stale cache) off the event loop."""
-        if (claims := self._remembered(token)) is not None:
-            return self._context(claims)
+        if (remembered := self._remembered(token)) is not None:
+            return remembered
         alg, kid = self._header(token)
         if alg == HMAC_ALGORITHM:
             return self._accept(token, self._decode(token, self.config.signing_key, alg))
@@ -198,20 +200,23 @@ class TokenVerifier:
         if ttl > 0:
             if len(self._verified) >= MAX_REMEMBERED_TOKENS:
                 self._verified.pop(next(iter(self._verified)))  # the oldest
-            self._verified[token] = (orjson.dumps(claims), time.monotonic() + ttl)
+            template = replace(ctx, claims={}, policy=None)
+            self._verified[token] = (orjson.dumps(claims), time.monotonic() + ttl, template)
         return ctx
 
-    def _remembered(self, token: str) -> dict[str, Any] | None:
+    def _remembered(self, token: str) -> RequestContext | None:
+        """A fresh context for a token verified within the window (the claims → context mapping,
+        scope checks included, was done once; only per-request state is new)."""
         entry = self._verified.get(token)
         if entry is None:
             return None
-        raw, until = entry
+        raw, until, template = entry
         if time.monotonic() >= until:
             self._verified.pop(token, None)
             return None
         claims: dict[str, Any] = orjson.loads(raw)  # a private copy: contexts are edited per request
         self._check_times(claims)  # an expired token is refused even while remembered
-        return claims
+        return replace(template, claims=claims, request_id=uuid.uuid4().hex, policy=None)
 
     def _context(self, claims: dict[str, Any]) -> RequestContext:
         ctx = context_from_claims(claims, roles_claim=self.config.roles_claim)

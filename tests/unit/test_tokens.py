@@ -233,10 +233,13 @@ def test_a_remembered_token_gives_a_fresh_context_each_time() -> None:
     first = verifier.verify(token)
     first.request_id = "first-request"
     first.claims["roles"].append("admin")  # a stage scribbling on its context must not leak
+    first.policy = object()  # type: ignore[assignment]  # a request's compiled policy is its own
     second = verifier.verify(token)
-    assert second is not first
-    assert second.request_id != "first-request"
-    assert second.roles == ("nurse",)
+    third = verifier.verify(token)
+    assert second is not first and third is not second
+    assert second.request_id != "first-request" and second.request_id != third.request_id
+    assert second.roles == ("nurse",) and second.claims["roles"] == ["nurse"]
+    assert second.policy is None and second.subject == first.subject
 
 
 def test_a_remembered_token_still_expires() -> None:
