@@ -48,7 +48,8 @@ class ConsentCache:
 
     async def in_force(self, now: float) -> dict[str, list[PatientConsent]]:
         """Patient id → that patient's consents in force at `now`."""
-        while self._stale():
+        asked = time.monotonic()
+        while self._stale(asked):
             # One load at a time, shared: every caller waiting for it resumes in the same loop
             # iteration when it is done. (A lock would hand itself on one waiter per iteration, so
             # under load the requests that met a reload starved behind the ones that did not.)
@@ -61,8 +62,11 @@ class ConsentCache:
             if (live := [c for c in consents if c.in_force(now)])
         }
 
-    def _stale(self) -> bool:
-        return self._loaded_at <= self._invalidated or time.monotonic() - self._loaded_at > self.max_age
+    def _stale(self, asked: float) -> bool:
+        """Whether a caller who asked at `asked` needs a newer load: one older than a Consent write,
+        or older than `max_age` at the time of asking. Measured from the asking time, not from now:
+        else a zero max_age (or a load slower than max_age) would never be fresh enough."""
+        return self._loaded_at <= self._invalidated or asked - self._loaded_at > self.max_age
 
     async def _refresh(self) -> None:
         started = time.monotonic()  # a Consent written during the load makes it stale again

@@ -86,3 +86,14 @@ async def test_a_failed_load_fails_its_callers_and_the_next_call_loads_again(sto
     cache.fail = False
     await cache.in_force(0.0)
     assert cache.loads == 2
+
+
+async def test_a_zero_max_age_loads_once_per_call_and_returns(store: Store) -> None:
+    """consent_cache_seconds: 0 (every decision sees the latest consents) must not reload forever."""
+    cache = GatedCache(store)
+    cache.max_age = 0
+    cache.gate.set()
+    assert await asyncio.wait_for(cache.in_force(0.0), 5) == {}
+    assert cache.loads == 1
+    assert await asyncio.wait_for(cache.in_force(0.0), 5) == {}
+    assert cache.loads == 2  # no caching at all, and no endless reloading either
