@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_gateway.api.runtime import Runtime
+from fhir_gateway.api.serve import settle_heap
 from fhir_gateway.ingest.hl7v2.er7 import parse
 from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
 from fhir_gateway.ingest.hl7v2.receiver import Receiver
@@ -110,6 +111,7 @@ async def bench_ingest(texts: list[str], n: int, concurrency: int, directory: Pa
     )
     runtime = Runtime(settings)
     await runtime.start()
+    settle_heap()  # as `fhir-gateway serve` does before it accepts work
     receiver = Receiver(runtime)
     queue = [rekey(texts[i % len(texts)], f"ING{i}") for i in range(n)]
     accepted = 0
@@ -169,6 +171,7 @@ async def bench_mllp(
     )
     runtime = Runtime(settings)
     await runtime.start()
+    settle_heap()
     per = max(1, n // connections)
     sessions = [
         [rekey(texts[(c * per + i) % len(texts)], f"MLLP{c}-{i}") for i in range(per)]

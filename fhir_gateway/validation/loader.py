@@ -258,6 +258,13 @@ class CodeSystem:
         return None
 
 
+def preload() -> None:
+    """Read every compiled definition file now (server start-up), not at the first request."""
+    structures()
+    _valuesets()
+    _codesystems()
+
+
 @functools.cache
 def _valuesets() -> dict[str, Any]:
     return _read("terminology/valuesets.json")

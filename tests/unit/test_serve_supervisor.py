@@ -4,6 +4,7 @@ its index, all stopped together; the port shared with SO_REUSEPORT; the database
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from fhir_gateway.api.serve import Supervisor, _listening_socket, prepare_database
+from fhir_gateway.api.serve import Supervisor, _listening_socket, prepare_database, settle_heap
 from fhir_gateway.crypto.tables import crypto_keys
 from fhir_gateway.settings import Settings
 from fhir_gateway.store.store import Store
@@ -79,3 +80,15 @@ def test_the_database_is_prepared_once_before_the_workers(tmp_path: Path) -> Non
             await store.dispose()
 
     assert asyncio.run(key_count()) == 1  # the schema exists and the first PHI key version was made
+
+
+def test_settle_heap_loads_the_definitions_and_freezes_them() -> None:
+    """A server process takes the R4 definitions out of the cyclic GC's way before it serves."""
+    from fhir_gateway.validation import loader
+
+    try:
+        frozen = settle_heap()
+        assert frozen == gc.get_freeze_count() > 100_000  # the definitions are in the permanent generation
+        assert loader.structures.cache_info().currsize == 1  # loaded at start, not by the first request
+    finally:
+        gc.unfreeze()  # this is a test process: leave its collector as it was
