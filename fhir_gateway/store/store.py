@@ -103,8 +103,12 @@ _BY_KEY = and_(resources.c.res_type == bindparam("t"), resources.c.res_id == bin
 _READ_CURRENT = select_current().where(_BY_KEY)
 _LOCK_CURRENT = _READ_CURRENT.with_for_update()
 _KEYS: BindParameter[Any] = bindparam("keys", expanding=True)
-_READ_CURRENTS = select_current().where(tuple_(resources.c.res_type, resources.c.res_id).in_(_KEYS))
-_LOCK_CURRENTS = _READ_CURRENTS.order_by(resources.c.pk).with_for_update()
+_LOCK_CURRENTS = (
+    select_current()
+    .where(tuple_(resources.c.res_type, resources.c.res_id).in_(_KEYS))
+    .order_by(resources.c.pk)
+    .with_for_update()
+)
 _READ_VERSION = select(resource_history).where(
     and_(
         resource_history.c.res_type == bindparam("t"),
@@ -161,14 +165,17 @@ class Transaction:
         self._known: dict[tuple[str, str], StoredVersion | None] = {}
 
     async def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
-        """Read (on PostgreSQL: lock, in pk order) the current rows of resources about to be written,
-        in one statement rather than one per resource; `current()` then answers from memory."""
+        """On PostgreSQL, read and lock (in pk order, so concurrent submits cannot deadlock) the
+        current rows of resources about to be written in one round trip rather than one per
+        resource; `current()` then answers from memory. Not on SQLite: a lookup by key is a local
+        call there, and SQLite (3.40) answers `(res_type, res_id) IN (...)` with a full scan."""
+        if self.conn.dialect.name != "postgresql":
+            return
         wanted = sorted({k for k in keys if k not in self._known})
         if not wanted:
             return
-        stmt = _LOCK_CURRENTS if self.conn.dialect.name == "postgresql" else _READ_CURRENTS
         self._known.update(dict.fromkeys(wanted))
-        for row in (await self.conn.execute(stmt, {"keys": wanted})).all():
+        for row in (await self.conn.execute(_LOCK_CURRENTS, {"keys": wanted})).all():
             self._known[(row.res_type, row.res_id)] = current_from_row(row)
 
     async def current(self, res_type: str, res_id: str) -> StoredVersion | None:
