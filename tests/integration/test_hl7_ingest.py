@@ -418,3 +418,68 @@ async def test_acks_stored_by_an_earlier_release_are_still_answered(app: FastAPI
             },
         )
     assert await hl7_store.stored_acks(runtime.store, key) == ["MSH|^~\\&|CA", "MSH|^~\\&|AA"]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 (what a site's MLLP-over-TLS listener would present)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    loopback = ipaddress.ip_address("127.0.0.1")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mllp.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(loopback)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "mllp.crt", folder / "mllp.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_mllp_over_tls_acknowledges_and_refuses_plain_text(sqlite_url: str, tmp_path: Path) -> None:
+    import ssl
+
+    cert_file, key_file = self_signed(tmp_path)
+    runtime = Runtime(
+        make_settings(sqlite_url, hl7={"tls_certfile": str(cert_file), "tls_keyfile": str(key_file)})
+    )
+    await runtime.start()
+    try:
+        async with mllp_listener(runtime, "127.0.0.1", 0) as server:
+            trusted = ssl.create_default_context(cafile=str(cert_file))
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=trusted)
+            client = MllpClient(reader, writer)
+            await client.send(adt("T1", "TLS1"))
+            assert msa(await client.ack())[1:3] == ["AA", "T1"]
+            await client.close()
+            # A sender that does not speak TLS gets no HL7 answer in clear text, and the listener lives on.
+            plain = await connect(server.port)
+            await plain.send(adt("T2", "TLS2"))
+            with pytest.raises((asyncio.IncompleteReadError, ConnectionError, TimeoutError)):
+                await plain.ack()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=trusted)
+            again = MllpClient(reader, writer)
+            await again.send(adt("T3", "TLS3"))
+            assert msa(await again.ack())[1:3] == ["AA", "T3"]
+            await again.close()
+    finally:
+        await runtime.stop()
