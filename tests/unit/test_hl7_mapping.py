@@ -233,6 +233,12 @@ def test_obx_sn(value: str, expected: dict[str, Any]) -> None:
         ("TM", "1030", "valueTime", "10:30:00"),
         ("TX", "line one~line two", "valueString", "line one\nline two"),
         ("FT", "a\\.br\\b", "valueString", "a\nb"),
+        (
+            "CQ",
+            "10^mg&milligram&UCUM",
+            "valueQuantity",
+            {"value": 10, "unit": "milligram", "system": "http://unitsofmeasure.org", "code": "mg"},
+        ),
     ],
 )
 def test_obx_types(value_type: str, value: str, key: str, expected: Any) -> None:

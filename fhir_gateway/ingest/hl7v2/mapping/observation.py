@@ -135,7 +135,9 @@ def _value(seg: Segment, value_type: str, obs: Json, ctx: MapContext) -> None:
     elif value_type == "CQ":
         num = number(comp(first, 1))
         if num is not None:
-            obs["valueQuantity"] = quantity(num, [first[1]] if len(first) > 1 else units)
+            # CQ-2 is a CWE whose parts are subcomponents (10^mg&milligram&UCUM): as components.
+            cq_units = [[part] for part in first[1]] if len(first) > 1 else None
+            obs["valueQuantity"] = quantity(num, cq_units or units)
     else:  # ST, TX, FT and anything else: text (repetitions are lines)
         text = "\n".join(_text(r) for r in reps)
         put(obs, "valueString", text)
