@@ -18,6 +18,18 @@ from fhir_gateway.settings import Settings, load_settings
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
 
+def put_bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+    """A transaction Bundle that PUTs each resource at its own id."""
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in resources
+        ],
+    }
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     """Test settings; requests without a token act as an admin unless `security` is overridden."""
     overrides.setdefault("security", {"allow_anonymous": True})

@@ -39,24 +39,14 @@ from fhir_gateway.audit.writer import FAILURES, LOST, URGENT_RIDERS, AuditLog
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import ServiceUnavailable
 from fhir_gateway.store.store import Store
-from tests.conftest import pg_schema
 
 SOURCE = AuditSource(site="test-site", observer="gw-test")
 runner = CliRunner()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/audit.db"
-    else:
-        async with pg_schema() as url:
-            yield url
-
-
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[Store]:
-    s = Store(db_url)
+async def store(any_db_url: str) -> AsyncIterator[Store]:
+    s = Store(any_db_url)
     await s.upgrade()
     yield s
     await s.dispose()
@@ -95,9 +85,11 @@ async def write_events(store: Store, tmp_path: Path, count: int) -> list[str]:
     return ids
 
 
-async def test_concurrent_writers_keep_one_intact_chain(store: Store, db_url: str, tmp_path: Path) -> None:
+async def test_concurrent_writers_keep_one_intact_chain(
+    store: Store, any_db_url: str, tmp_path: Path
+) -> None:
     """Two writers on one database (as two server processes would be), 40 tasks each."""
-    other = Store(db_url)
+    other = Store(any_db_url)
     logs = [AuditLog(store, config(tmp_path)), AuditLog(other, config(tmp_path, batch_size=7))]
     for log in logs:
         await log.start()
@@ -186,18 +178,18 @@ async def test_verify_catches_tail_deletion_and_tail_rehash(store: Store, tmp_pa
     assert broken is not None and (broken.seq, broken.event_id, broken.kind) == (5, None, "deleted")
 
 
-async def test_cli_verify_exit_codes_and_list(store: Store, db_url: str, tmp_path: Path) -> None:
+async def test_cli_verify_exit_codes_and_list(store: Store, any_db_url: str, tmp_path: Path) -> None:
     ids = await write_events(store, tmp_path, 8)
-    intact = await asyncio.to_thread(runner.invoke, audit_app, ["verify", "--database-url", db_url])
+    intact = await asyncio.to_thread(runner.invoke, audit_app, ["verify", "--database-url", any_db_url])
     assert intact.exit_code == 0, intact.output
     assert "intact: 8 event(s)" in intact.output
     listed = await asyncio.to_thread(
-        runner.invoke, audit_app, ["list", "--database-url", db_url, "--limit", "3"]
+        runner.invoke, audit_app, ["list", "--database-url", any_db_url, "--limit", "3"]
     )
     assert listed.exit_code == 0, listed.output
     assert "user-" in listed.output and "rest/read" in listed.output
     await execute(store, update(audit_events).where(audit_events.c.seq == 6).values(outcome="4", event=b"{}"))
-    broken = await asyncio.to_thread(runner.invoke, audit_app, ["verify", "--database-url", db_url])
+    broken = await asyncio.to_thread(runner.invoke, audit_app, ["verify", "--database-url", any_db_url])
     assert broken.exit_code == 1
     assert "seq 6" in broken.output and ids[5] in broken.output and "edited" in broken.output
 

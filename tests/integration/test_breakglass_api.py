@@ -35,7 +35,7 @@ from fhir_gateway.privacy.breakglass_api import (
 from fhir_gateway.routing import outbox
 from fhir_gateway.routing.outbox import Backoff
 from fhir_gateway.settings import Settings
-from tests.conftest import make_settings, pg_schema
+from tests.conftest import make_settings
 
 REASON = "Unresponsive in resus bay 2, history of Condition Y"
 FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -173,18 +173,9 @@ async def until(condition: Callable[[], Any], seconds: float = 5.0) -> None:
 # --- tests --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/gw.db"
-    else:
-        async with pg_schema() as url:
-            yield url
-
-
-async def test_lifecycle_open_justify_report(tmp_path: Path, webhook: Webhook, database_url: str) -> None:
+async def test_lifecycle_open_justify_report(tmp_path: Path, webhook: Webhook, any_db_url: str) -> None:
     privacy = {"notify_channel": "webhook", "notify_webhook_url": webhook.url}
-    async with running(tmp_path, database_url, **privacy) as env:
+    async with running(tmp_path, any_db_url, **privacy) as env:
         opened = await break_glass(
             env, "p1", ("purposeOfUse", "valueCode", "BTG"), ("minutes", "valueInteger", 15)
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,26 +13,17 @@ from fhir_gateway.errors import Conflict, ServiceUnavailable
 from fhir_gateway.gateway import Gateway
 from fhir_gateway.store.group import GroupCommit
 from fhir_gateway.store.store import Store, Transaction
-from tests.conftest import make_settings, pg_schema
+from tests.conftest import make_settings, put_bundle
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
-    async def opened(url: str) -> AsyncIterator[Gateway]:
-        store = Store(url)
-        await store.upgrade()
-        try:
-            yield Gateway(make_settings(url), store)
-        finally:
-            await store.dispose()
-
-    if request.param == "sqlite":
-        async for gw in opened(f"sqlite+aiosqlite:///{tmp_path}/gc.db"):
-            yield gw
-    else:
-        async with pg_schema() as url:
-            async for gw in opened(url):
-                yield gw
+@pytest.fixture
+async def gateway(any_db_url: str) -> AsyncIterator[Gateway]:
+    store = Store(any_db_url)
+    await store.upgrade()
+    try:
+        yield Gateway(make_settings(any_db_url), store)
+    finally:
+        await store.dispose()
 
 
 def patient(pid: str, family: str, mrn: str) -> dict[str, Any]:
@@ -46,17 +36,6 @@ def patient(pid: str, family: str, mrn: str) -> dict[str, Any]:
     }
 
 
-def put(*resources: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in resources
-        ],
-    }
-
-
 CTX = RequestContext.system("hl7v2", source_system="LAB^HOSP")
 
 
@@ -66,7 +45,7 @@ async def search_ids(gw: Gateway, params: list[tuple[str, str]]) -> list[str]:
 
 
 async def test_concurrent_submits_commit_as_one_group_and_stay_searchable(gateway: Gateway) -> None:
-    bundles = [put(patient(f"p{i}", f"Family{i}", f"MRN{i}")) for i in range(6)]
+    bundles = [put_bundle(patient(f"p{i}", f"Family{i}", f"MRN{i}")) for i in range(6)]
     replies = await asyncio.gather(*(gateway.submit(b, CTX, grouped=True) for b in bundles))
     assert [r["entry"][0]["response"]["status"] for r in replies] == ["201 Created"] * 6
     # They shared commits (how many groups formed depends on when each submit reached the queue).
@@ -82,9 +61,9 @@ async def test_a_failing_submit_is_rolled_back_alone(gateway: Gateway) -> None:
     async def record_twice(tx: Transaction, _results: list[Any]) -> None:
         raise Conflict("the message was already recorded")
 
-    good = gateway.submit(put(patient("a", "Alpha", "A1")), CTX, grouped=True)
-    bad = gateway.submit(put(patient("b", "Beta", "B1")), CTX, grouped=True, within=record_twice)
-    also_good = gateway.submit(put(patient("c", "Gamma", "C1")), CTX, grouped=True)
+    good = gateway.submit(put_bundle(patient("a", "Alpha", "A1")), CTX, grouped=True)
+    bad = gateway.submit(put_bundle(patient("b", "Beta", "B1")), CTX, grouped=True, within=record_twice)
+    also_good = gateway.submit(put_bundle(patient("c", "Gamma", "C1")), CTX, grouped=True)
     results = await asyncio.gather(good, bad, also_good, return_exceptions=True)
     assert isinstance(results[1], Conflict)
     assert not isinstance(results[0], BaseException) and not isinstance(results[2], BaseException)
@@ -97,9 +76,9 @@ async def test_a_failing_submit_is_rolled_back_alone(gateway: Gateway) -> None:
 
 
 async def test_an_update_in_a_group_replaces_the_index_rows_of_the_old_version(gateway: Gateway) -> None:
-    await gateway.submit(put(patient("u", "Old", "U1")), CTX, grouped=True)
-    first = gateway.submit(put(patient("u", "Newer", "U1")), CTX, grouped=True)
-    second = gateway.submit(put(patient("v", "Other", "V1")), CTX, grouped=True)
+    await gateway.submit(put_bundle(patient("u", "Old", "U1")), CTX, grouped=True)
+    first = gateway.submit(put_bundle(patient("u", "Newer", "U1")), CTX, grouped=True)
+    second = gateway.submit(put_bundle(patient("v", "Other", "V1")), CTX, grouped=True)
     await asyncio.gather(first, second)
     assert await search_ids(gateway, [("family:exact", "Old")]) == []
     assert await search_ids(gateway, [("family:exact", "Newer")]) == ["u"]
@@ -137,7 +116,7 @@ async def test_a_failed_commit_fails_every_submit_of_the_group(gateway: Gateway)
 
 
 async def test_grouping_needs_a_transaction_bundle(gateway: Gateway) -> None:
-    batch = {**put(patient("x", "X", "X1")), "type": "batch"}
+    batch = {**put_bundle(patient("x", "X", "X1")), "type": "batch"}
     with pytest.raises(ValueError, match="transaction Bundle"):
         await gateway.submit(batch, CTX, grouped=True)
 
@@ -148,8 +127,8 @@ async def test_a_resource_written_by_a_rolled_back_submit_is_created_afresh_by_t
     async def fail(tx: Transaction, _results: list[Any]) -> None:
         raise Conflict("the message was already recorded")
 
-    failed = gateway.submit(put(patient("z", "First", "Z1")), CTX, grouped=True, within=fail)
-    retried = gateway.submit(put(patient("z", "Second", "Z1")), CTX, grouped=True)
+    failed = gateway.submit(put_bundle(patient("z", "First", "Z1")), CTX, grouped=True, within=fail)
+    retried = gateway.submit(put_bundle(patient("z", "Second", "Z1")), CTX, grouped=True)
     results = await asyncio.gather(failed, retried, return_exceptions=True)
     assert isinstance(results[0], Conflict)
     assert not isinstance(results[1], BaseException)

@@ -24,7 +24,7 @@ from fhir_gateway.pipeline.tables import change_feed
 from fhir_gateway.routing import availability
 from fhir_gateway.routing.outbox import messages, release
 from fhir_gateway.store.store import Transaction
-from tests.conftest import make_settings
+from tests.conftest import make_settings, put_bundle
 from tests.integration.test_provenance import PIPELINE, Database
 
 LAB = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -81,20 +81,9 @@ def lab(res_id: str, patient: str = "p1", value: float = 13.5, **more: Any) -> d
     }
 
 
-def put(*resources: dict[str, Any], within: Any = None) -> dict[str, Any]:
-    return {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in resources
-        ],
-    }
-
-
 async def as_lis(runtime: Runtime, *resources: dict[str, Any]) -> None:
     gateway = await runtime.ready_gateway()
-    await gateway.submit(put(*resources), LIS)
+    await gateway.submit(put_bundle(*resources), LIS)
 
 
 async def patients(client: httpx.AsyncClient, *ids: str) -> None:
@@ -214,7 +203,7 @@ async def test_a_transaction_that_commits_late_is_not_skipped(pg_url: str, tmp_p
             inside.set()
             await release_t1.wait()
 
-        slow = asyncio.create_task(gateway.submit(put(lab("slow")), LIS, within=hold))
+        slow = asyncio.create_task(gateway.submit(put_bundle(lab("slow")), LIS, within=hold))
         await inside.wait()
         await as_lis(runtime, lab("fast"))  # T2: inserted after T1, committed before it
         before = await pull(client)
