@@ -119,8 +119,7 @@ _READ_VERSION = select(resource_history).where(
 _INSERT_CURRENT = insert(resources).returning(resources.c.pk)
 _UPDATE_CURRENT = update(resources).where(resources.c.pk == bindparam("key"))
 _INSERT_HISTORY = insert(resource_history)
-_STALE_KEYS: BindParameter[Any] = bindparam("keys", expanding=True)
-_CLEAR_INDEX = {name: delete(t).where(t.c.res_pk.in_(_STALE_KEYS)) for name, t in INDEX_TABLES.items()}
+_CLEAR_INDEX = {name: delete(t).where(t.c.res_pk.in_(_KEYS)) for name, t in INDEX_TABLES.items()}
 _INSERT_INDEX = {name: insert(t) for name, t in INDEX_TABLES.items()}
 
 
