@@ -167,11 +167,12 @@ class EntryProcessor:
         conditional: dict[str, str] = {}
         for plan in plans:
             if isinstance(plan.resource, dict):
-                for ref in _conditional_refs(plan.resource):
+                refs = iter_references(plan.resource)  # one walk finds them for both steps
+                for ref in _conditional_refs(refs):
                     if ref not in conditional:
                         conditional[ref] = await self._resolve_conditional(ref, plan.index)
                 mapping = {**self.aliases, **conditional}
-                rewrite_references(plan.resource, mapping.get)
+                rewrite_references(refs, mapping.get)
 
     async def _resolve_conditional(self, ref: str, index: int) -> str:
         res_type, _, query = ref.partition("?")
@@ -404,10 +405,10 @@ def _require_type(plan: EntryPlan) -> str:
     return plan.target.res_type
 
 
-def _conditional_refs(resource: Resource) -> list[str]:
+def _conditional_refs(refs: list[dict[str, Any]]) -> list[str]:
     return [
         r["reference"]
-        for r in iter_references(resource)
+        for r in refs
         if "?" in r["reference"] and not r["reference"].startswith(("http:", "https:", "urn:"))
     ]
 

@@ -6,26 +6,38 @@ A transaction may refer to its own entries by `urn:uuid:` fullUrl or by a condit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 
-def iter_references(node: Any) -> Iterator[dict[str, Any]]:
-    """Every JSON object with a string `reference` key, depth first (contained resources included)."""
+def iter_references(node: Any) -> list[dict[str, Any]]:
+    """Every JSON object with a string `reference` key, depth first (contained resources included).
+
+    A list filled by plain recursion rather than nested generators, whose `yield from` passes each
+    reference up through every level above it: this runs on every written resource.
+    """
+    found: list[dict[str, Any]] = []
+    _collect_references(node, found)
+    return found
+
+
+def _collect_references(node: Any, found: list[dict[str, Any]]) -> None:
     if isinstance(node, dict):
         if isinstance(node.get("reference"), str):
-            yield node
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                yield from iter_references(value)
+            found.append(node)
+        values: Any = node.values()
     elif isinstance(node, list):
-        for item in node:
-            yield from iter_references(item)
+        values = node
+    else:
+        return
+    for value in values:
+        if isinstance(value, (dict, list)):
+            _collect_references(value, found)
 
 
-def rewrite_references(resource: dict[str, Any], rewrite: Callable[[str], str | None]) -> None:
-    """Replace each reference for which `rewrite` returns a new value (None keeps it)."""
-    for ref in iter_references(resource):
+def rewrite_references(refs: list[dict[str, Any]], rewrite: Callable[[str], str | None]) -> None:
+    """Replace each reference (from `iter_references`) for which `rewrite` gives a new value."""
+    for ref in refs:
         new = rewrite(ref["reference"])
         if new is not None:
             ref["reference"] = new

@@ -138,23 +138,50 @@ class LabelStage:
 
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
+        self._recent: _BundleIndex | None = None  # the bundle being labelled, entry after entry
 
     async def __call__(self, change: Change, ctx: RequestContext) -> None:
         resource = change.resource
         if resource is None:
             return
-        labels = self.labels_for(resource, ctx, _BundleIndex(change.bundle))
+        bundle = self._bundle_index(change, ctx)
+        labels = self.labels_for(resource, ctx, bundle, own=True)
         write_labels(resource, labels, self.rules.version)
         target = f"{change.res_type}/{change.res_id}"
         for addition in change.additions:
             if target in self._pointed_at(addition):
                 write_labels(addition, read_labels(addition)[0] | labels, self.rules.version)
 
+    def _bundle_index(self, change: Change, ctx: RequestContext) -> _BundleIndex:
+        """One index per submitted Bundle and request, kept while its entries pass one by one.
+
+        It remembers each resource's rule labels, so a resource that others derive from (every
+        target of an HL7 message's Provenance) has the rules evaluated once, not once per derivation.
+        """
+        recent = self._recent
+        if recent is None or recent.bundle is not change.bundle or recent.ctx is not ctx:
+            recent = self._recent = _BundleIndex(change.bundle, ctx)
+        return recent
+
     def labels_for(
-        self, resource: Mapping[str, Any], ctx: RequestContext, bundle: _BundleIndex, depth: int = 0
+        self,
+        resource: Mapping[str, Any],
+        ctx: RequestContext,
+        bundle: _BundleIndex,
+        depth: int = 0,
+        *,
+        own: bool = False,
     ) -> LabelSet:
-        """Client labels ∪ rule labels ∪ (recursively) labels of the bundle resources it derives from."""
-        labels = read_labels(resource)[0] | self.rules.evaluate(resource, ctx)
+        """Client labels ∪ rule labels ∪ (recursively) labels of the bundle resources it derives from.
+
+        `own`: the resource is the one being written, so its rules are evaluated afresh (and
+        remembered); a resource met as a source takes what was remembered of it, if anything.
+        """
+        rule_labels = None if own else bundle.rule_labels.get(id(resource))
+        if rule_labels is None or rule_labels[0] is not resource:
+            rule_labels = (resource, self.rules.evaluate(resource, ctx))
+            bundle.rule_labels[id(resource)] = rule_labels
+        labels = read_labels(resource)[0] | rule_labels[1]
         if depth >= MAX_PROPAGATION_DEPTH:
             return labels
         for ref in self._pointed_at(resource):
@@ -193,9 +220,12 @@ def _normalise(reference: str) -> str:
 class _BundleIndex:
     """The submitted Bundle's resources by every name a reference may use (built on first use)."""
 
-    def __init__(self, bundle: Mapping[str, Any]) -> None:
-        self._bundle = bundle
+    def __init__(self, bundle: Mapping[str, Any], ctx: RequestContext) -> None:
+        self.bundle = bundle
+        self.ctx = ctx
         self._index: dict[str, Mapping[str, Any]] | None = None
+        # id(resource) -> (the resource, its rule labels): the resource is kept to check identity
+        self.rule_labels: dict[int, tuple[Mapping[str, Any], LabelSet]] = {}
 
     def get(self, reference: str) -> Mapping[str, Any] | None:
         if self._index is None:
@@ -204,7 +234,7 @@ class _BundleIndex:
 
     def _build(self) -> dict[str, Mapping[str, Any]]:
         index: dict[str, Mapping[str, Any]] = {}
-        entries = self._bundle.get("entry")
+        entries = self.bundle.get("entry")
         for entry in entries if isinstance(entries, list) else ():
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if not isinstance(resource, dict):

@@ -137,6 +137,9 @@ def _primitive(
     scope: Scope,
     depth: int,
 ) -> int:
+    if extension is None and value is not None and not element.array and not isinstance(value, list):
+        _primitive_value(walk, element, type_name, value, expr, scope)  # the common case, directly
+        return 1
     values = _items(walk, element, value, expr) if value is not None else []
     if value is None and extension is None:
         walk.error("structure", "Null values are not allowed", expr)
@@ -152,22 +155,7 @@ def _primitive(
             walk.error("structure", "Null values are not allowed unless an extension is present", item_expr)
             continue
         if item is not None:
-            problem = primitives.check(type_name, item)
-            if problem is not None:
-                walk.error(problem[0], problem[1], item_expr)
-            else:
-                if (
-                    element.max_length is not None
-                    and isinstance(item, str)
-                    and len(item) > element.max_length
-                ):
-                    walk.error(
-                        "too-long", f"The value exceeds the maximum length of {element.max_length}", item_expr
-                    )
-                if element.binding is not None and type_name in bindings.BINDABLE_PRIMITIVES:
-                    bindings.check(walk, element.binding, type_name, item, item_expr)
-            if element.constraints:
-                walk.tasks.append(Task(element.constraints, item, type_name, item_expr, scope))
+            _primitive_value(walk, element, type_name, item, item_expr, scope)
         if ext is not None:
             if not isinstance(ext, dict):
                 walk.error("structure", "The primitive's extension (_name) must be an object", item_expr)
@@ -178,6 +166,22 @@ def _primitive(
                 assert element_node is not None
                 walk_object(walk, ext, element_node, item_expr, item_expr, scope, depth + 1)
     return count
+
+
+def _primitive_value(
+    walk: Walk, element: Element, type_name: str, item: Any, item_expr: str, scope: Scope
+) -> None:
+    """One primitive value: its lexical form, length, binding; its constraints for later."""
+    problem = primitives.check(type_name, item)
+    if problem is not None:
+        walk.error(problem[0], problem[1], item_expr)
+    else:
+        if element.max_length is not None and isinstance(item, str) and len(item) > element.max_length:
+            walk.error("too-long", f"The value exceeds the maximum length of {element.max_length}", item_expr)
+        if element.binding is not None and type_name in bindings.BINDABLE_PRIMITIVES:
+            bindings.check(walk, element.binding, type_name, item, item_expr)
+    if element.constraints:
+        walk.tasks.append(Task(element.constraints, item, type_name, item_expr, scope))
 
 
 def _complex(
@@ -193,42 +197,56 @@ def _complex(
     if value is None:
         walk.error("structure", "Null values are not allowed", expr)
         return 0
+    if not element.array and isinstance(value, dict):  # the common case, without _items
+        return _complex_item(walk, element, type_name, value, expr, scope, parent, depth)
     count = 0
-    child = element.node or node_for(type_name)
     for item, item_expr in _items(walk, element, value, expr):
-        if not isinstance(item, dict):
-            walk.error(
-                "structure", f"This property must be an object, not a {primitives._kind(item)}", item_expr
-            )
-            continue
-        count += 1
-        if type_name == "Resource":
-            contained = element.name == "contained" and parent.is_resource
-            walk_resource(walk, item, item_expr, parent=scope, contained=contained, depth=depth + 1)
-            continue
-        if not _has_content(item):
-            walk.error("structure", "Object must have some content", item_expr)
-            continue
-        if child is None:
-            continue
-        walk_object(walk, item, child, item_expr, item_expr, scope, depth + 1)
-        if element.node is None and element.constraints:
-            walk.tasks.append(Task(element.constraints, item, type_name, item_expr, scope))
-        if child.constraints:
-            walk.tasks.append(Task(child.constraints, item, child.path, item_expr, scope))
-        if type_name == "Extension":
-            _extension(walk, item, item_expr)
-        elif type_name == "Reference":
-            reference = item.get("reference")
-            if isinstance(reference, str):
-                scope.references.append((reference, item_expr))
-        elif type_name == "Coding":
-            bindings.check_coding(walk, item, item_expr)
-        elif type_name == "Attachment":
-            _attachment(walk, item, item_expr)
-        if element.binding is not None and type_name in bindings.BINDABLE_COMPLEX:
-            bindings.check(walk, element.binding, type_name, item, item_expr)
+        count += _complex_item(walk, element, type_name, item, item_expr, scope, parent, depth)
     return count
+
+
+def _complex_item(
+    walk: Walk,
+    element: Element,
+    type_name: str,
+    item: Any,
+    item_expr: str,
+    scope: Scope,
+    parent: Node,
+    depth: int,
+) -> int:
+    """One value of a complex element (an object, or a contained resource); 1 when it counts."""
+    if not isinstance(item, dict):
+        walk.error("structure", f"This property must be an object, not a {primitives._kind(item)}", item_expr)
+        return 0
+    if type_name == "Resource":
+        contained = element.name == "contained" and parent.is_resource
+        walk_resource(walk, item, item_expr, parent=scope, contained=contained, depth=depth + 1)
+        return 1
+    if not _has_content(item):
+        walk.error("structure", "Object must have some content", item_expr)
+        return 1
+    child = element.node or node_for(type_name)
+    if child is None:
+        return 1
+    walk_object(walk, item, child, item_expr, item_expr, scope, depth + 1)
+    if element.node is None and element.constraints:
+        walk.tasks.append(Task(element.constraints, item, type_name, item_expr, scope))
+    if child.constraints:
+        walk.tasks.append(Task(child.constraints, item, child.path, item_expr, scope))
+    if type_name == "Extension":
+        _extension(walk, item, item_expr)
+    elif type_name == "Reference":
+        reference = item.get("reference")
+        if isinstance(reference, str):
+            scope.references.append((reference, item_expr))
+    elif type_name == "Coding":
+        bindings.check_coding(walk, item, item_expr)
+    elif type_name == "Attachment":
+        _attachment(walk, item, item_expr)
+    if element.binding is not None and type_name in bindings.BINDABLE_COMPLEX:
+        bindings.check(walk, element.binding, type_name, item, item_expr)
+    return 1
 
 
 def _has_content(obj: dict[str, Any]) -> bool:

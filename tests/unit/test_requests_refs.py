@@ -54,7 +54,7 @@ def test_rewrite_references_everywhere_including_contained() -> None:
         "performer": [{"reference": "Practitioner/2"}, {"display": "no ref"}],
         "contained": [{"resourceType": "Specimen", "subject": {"reference": "urn:uuid:1"}}],
     }
-    rewrite_references(resource, {"urn:uuid:1": "Patient/abc"}.get)
+    rewrite_references(iter_references(resource), {"urn:uuid:1": "Patient/abc"}.get)
     assert resource["subject"] == {"reference": "Patient/abc"}
     assert resource["contained"][0]["subject"] == {"reference": "Patient/abc"}  # type: ignore[index]
     assert [r["reference"] for r in iter_references(resource)] == [
