@@ -103,7 +103,6 @@ class EntryProcessor:
         self.gw = gateway
         self.tx = tx
         self.ctx = ctx
-        self.sealer: Sealer | None = None
         self.bundle = bundle
         self.aliases: dict[str, str] = {}  # fullUrl -> Type/id
         self._opened: dict[tuple[str, str, int], bytes] = {}  # decrypted versions, serialised
@@ -355,9 +354,10 @@ class EntryProcessor:
         """The PHI sealer of this transaction (the key version current when it began)."""
         if self.gw.crypto is None:
             return None
-        if self.sealer is None:
-            self.sealer = await self.gw.crypto.sealer(self.tx.conn)
-        return self.sealer
+        if self.tx.sealer is None:
+            self.tx.sealer = await self.gw.crypto.sealer(self.tx.conn)
+        sealer: Sealer = self.tx.sealer
+        return sealer
 
     async def store_version(
         self,

@@ -109,6 +109,10 @@ _LOCK_CURRENTS = (
     .order_by(resources.c.pk)
     .with_for_update()
 )
+_READ_CURRENTS = select_current().where(
+    resources.c.res_type.in_(bindparam("types", expanding=True)),
+    resources.c.res_id.in_(bindparam("ids", expanding=True)),
+)
 _READ_VERSION = select(resource_history).where(
     and_(
         resource_history.c.res_type == bindparam("t"),
@@ -162,20 +166,30 @@ class Transaction:
         self._rows: dict[int, tuple[str, IndexRows]] = {}  # pk -> the index rows to insert
         # Current rows already read (prefetch) or written in this transaction: (type, id) -> version.
         self._known: dict[tuple[str, str], StoredVersion | None] = {}
+        # The PHI sealer (crypto/service.py) for the key ring as this transaction found it: read
+        # once per transaction, also when group commit puts several submits into it.
+        self.sealer: Any = None
 
     async def prefetch(self, keys: Sequence[tuple[str, str]]) -> None:
-        """On PostgreSQL, read and lock (in pk order, so concurrent submits cannot deadlock) the
-        current rows of resources about to be written in one round trip rather than one per
-        resource; `current()` then answers from memory. Not on SQLite: a lookup by key is a local
-        call there, and SQLite (3.40) answers `(res_type, res_id) IN (...)` with a full scan."""
-        if self.conn.dialect.name != "postgresql":
-            return
+        """Read the current rows of resources about to be written in one statement rather than one
+        per resource; `current()` then answers from memory. On PostgreSQL the rows are also locked,
+        in pk order, so concurrent submits cannot deadlock. SQLite (3.40) answers
+        `(res_type, res_id) IN (...)` with a full scan, so there the statement asks for
+        `res_type IN (...) AND res_id IN (...)` (unique-index lookups of every combination) and
+        the pairs not asked for are dropped here."""
         wanted = sorted({k for k in keys if k not in self._known})
         if not wanted:
             return
         self._known.update(dict.fromkeys(wanted))
-        for row in (await self.conn.execute(_LOCK_CURRENTS, {"keys": wanted})).all():
-            self._known[(row.res_type, row.res_id)] = current_from_row(row)
+        if self.conn.dialect.name == "postgresql":
+            rows = (await self.conn.execute(_LOCK_CURRENTS, {"keys": wanted})).all()
+        else:
+            types, ids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
+            rows = (await self.conn.execute(_READ_CURRENTS, {"types": types, "ids": ids})).all()
+        asked = set(wanted)
+        for row in rows:
+            if (row.res_type, row.res_id) in asked:
+                self._known[(row.res_type, row.res_id)] = current_from_row(row)
 
     async def current(self, res_type: str, res_id: str) -> StoredVersion | None:
         key = (res_type, res_id)
