@@ -17,14 +17,15 @@ Until the settings model has a `validation` section the defaults above apply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import Issue, Unprocessable
 from fhir_gateway.pipeline.stage import Change
 from fhir_gateway.settings import Settings
-from fhir_gateway.validation.validator import ERRORS, validate
+from fhir_gateway.validation.memo import ValidationMemo
+from fhir_gateway.validation.validator import ERRORS
 
 MODES = ("strict", "errors", "warn", "off")
 FEEDS = frozenset({"hl7v2", "dicom"})
@@ -35,12 +36,13 @@ class ValidationStage:
     mode: str = "errors"
     feed_mode: str = "warn"
     invariants: bool = True
+    memo: ValidationMemo = field(default_factory=ValidationMemo, compare=False, repr=False)
 
     async def __call__(self, change: Change, ctx: RequestContext) -> None:
         mode = self.feed_mode if ctx.source in FEEDS else self.mode
         if mode == "off" or change.resource is None:
             return
-        issues = validate(change.resource, mode=change.interaction, run_invariants=self.invariants)
+        issues = self.memo.validate(change.resource, mode=change.interaction, run_invariants=self.invariants)
         _relocate(issues, change)
         rejecting = ERRORS | {"warning"} if mode == "strict" else ERRORS if mode == "errors" else frozenset()
         if any(issue.severity in rejecting for issue in issues):

@@ -1,0 +1,64 @@
+"""Validate the same content once: a bounded memo of validation results by a digest of the JSON.
+
+Feeds re-send the same data again and again: every ORU and ADT A08 of a patient carries the same
+PID and PV1, so the mapper produces the same Patient and Encounter with each message, and most of
+them end as unchanged updates (no new version). Validation is a pure function of the resource's
+content and the mode (no clock, no database: profiles come from `meta.profile` against packaged
+definitions), so a resource validated before needs a serialization and a hash (~10 µs), not a walk
+of the structure and its invariants (~130 µs for a corpus resource).
+
+The memo is keyed by a BLAKE2b digest, so it holds no PHI, only digests and the issues found (whose
+texts never quote values). It is least-recently-used and bounded by `size` entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from fhir_gateway.errors import Issue
+from fhir_gateway.validation.validator import validate
+
+DEFAULT_SIZE = 4096
+
+
+class ValidationMemo:
+    def __init__(self, size: int = DEFAULT_SIZE) -> None:
+        self.size = size
+        self._issues: OrderedDict[bytes, tuple[Issue, ...]] = OrderedDict()
+
+    def validate(self, resource: Any, *, mode: str | None, run_invariants: bool) -> list[Issue]:
+        """`validator.validate(resource, mode=..., run_invariants=...)`, from memory when seen before.
+
+        The issues are fresh copies each time: callers relocate their expressions in place.
+        """
+        key = _digest(resource, mode, run_invariants)
+        if key is None:  # not serialisable as JSON (an integer beyond 64 bits): just validate it
+            return validate(resource, mode=mode, run_invariants=run_invariants)
+        known = self._issues.get(key)
+        if known is not None:
+            self._issues.move_to_end(key)
+            return _copies(known)
+        issues = validate(resource, mode=mode, run_invariants=run_invariants)
+        self._issues[key] = tuple(_copies(issues))
+        if len(self._issues) > self.size:
+            self._issues.popitem(last=False)
+        return issues
+
+
+def _digest(resource: Any, mode: str | None, run_invariants: bool) -> bytes | None:
+    try:
+        body = orjson.dumps(resource)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+    digest = hashlib.blake2b(body, digest_size=16)
+    digest.update(f"\x00{mode}\x00{run_invariants}".encode())
+    return digest.digest()
+
+
+def _copies(issues: tuple[Issue, ...] | list[Issue]) -> list[Issue]:
+    return [replace(issue, expression=list(issue.expression)) for issue in issues]
