@@ -30,11 +30,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.sql import FromClause
+from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import BindParameter
 
 from fhir_gateway.errors import Conflict, ServiceUnavailable
 from fhir_gateway.fhir.json import Resource, loads
-from fhir_gateway.store.database import Connection, Database, open_database
+from fhir_gateway.store.database import Connection, Database, DriverWrite, InlineConnection, open_database
 from fhir_gateway.store.schema import INDEX_TABLES, resource_history, resources
 from fhir_gateway.store.search.rows import IndexRows
 
@@ -121,6 +122,7 @@ _READ_VERSION = select(resource_history).where(
     )
 )
 _INSERT_CURRENT = insert(resources).returning(resources.c.pk)
+_INSERT_CURRENT_ROW = insert(resources)  # SQLite: the driver's lastrowid is the pk
 _UPDATE_CURRENT = update(resources).where(resources.c.pk == bindparam("key"))
 _INSERT_HISTORY = insert(resource_history)
 _CLEAR_INDEX = {name: delete(t).where(t.c.res_pk.in_(_KEYS)) for name, t in INDEX_TABLES.items()}
@@ -161,6 +163,8 @@ class Transaction:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # SQLite: the buffered writes go to the driver directly (InlineConnection.write)
+        self._inline = conn if isinstance(conn, InlineConnection) else None
         self._history: list[dict[str, Any]] = []
         self._stale: set[int] = set()  # resource pks whose already-stored index rows must go
         self._rows: dict[int, tuple[str, IndexRows]] = {}  # pk -> the index rows to insert
@@ -219,13 +223,16 @@ class Transaction:
         }
         if previous is not None and previous.pk is not None:
             pk = previous.pk
-            await self.conn.execute(_UPDATE_CURRENT, {"key": pk, **values})
+            await self._execute(_UPDATE_CURRENT, [{"key": pk, **values}])
             self._stale.add(pk)
         else:
-            result = await self.conn.execute(
-                _INSERT_CURRENT, {"res_type": version.res_type, "res_id": version.res_id, **values}
-            )
-            pk = result.scalar_one()
+            row = {"res_type": version.res_type, "res_id": version.res_id, **values}
+            if self._inline is not None:
+                inserted = self._inline.write(_driver(_INSERT_CURRENT_ROW, row), [row])
+                assert inserted is not None
+                pk = inserted
+            else:
+                pk = (await self.conn.execute(_INSERT_CURRENT, row)).scalar_one()
         self._known[(version.res_type, version.res_id)] = replace(version, pk=pk, method="")
         self._history.append(
             {"res_type": version.res_type, "res_id": version.res_id, "method": version.method, **values}
@@ -239,7 +246,7 @@ class Transaction:
         """Write the buffered history and index rows (stale index rows first)."""
         if self._history:
             history, self._history = self._history, []
-            await self.conn.execute(_INSERT_HISTORY, history)
+            await self._execute(_INSERT_HISTORY, history)
         if self._stale:
             stale, self._stale = sorted(self._stale), set()
             for clear in _CLEAR_INDEX.values():
@@ -253,7 +260,14 @@ class Transaction:
                     for r in getattr(rows, attr)
                 ]
                 if batch:
-                    await self.conn.execute(statement, batch)
+                    await self._execute(statement, batch)
+
+    async def _execute(self, statement: UpdateBase, rows: list[dict[str, Any]]) -> None:
+        """A buffered write: on SQLite through the driver, else through SQLAlchemy (executemany)."""
+        if self._inline is not None:
+            self._inline.write(_driver(statement, rows[0]), rows)
+        else:
+            await self.conn.execute(statement, rows if len(rows) > 1 else rows[0])
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -277,6 +291,18 @@ class Transaction:
 _SAVEPOINT = text("SAVEPOINT fhir_gateway_unit")
 _ROLLBACK_TO_SAVEPOINT = text("ROLLBACK TO SAVEPOINT fhir_gateway_unit")
 _RELEASE_SAVEPOINT = text("RELEASE SAVEPOINT fhir_gateway_unit")
+
+
+_DRIVER_WRITES: dict[tuple[UpdateBase, tuple[str, ...]], DriverWrite] = {}
+
+
+def _driver(statement: UpdateBase, row: dict[str, Any]) -> DriverWrite:
+    """`statement` compiled for the parameters `row` gives (once per statement and set of keys)."""
+    key = (statement, tuple(row))
+    found = _DRIVER_WRITES.get(key)
+    if found is None:
+        found = _DRIVER_WRITES[key] = DriverWrite(statement, key[1])
+    return found
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
