@@ -32,6 +32,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 
 from fhir_gateway.store import engine as engines
+from fhir_gateway.store.checkpoint import Checkpointer
 
 OFFLOAD_THREADS = 4  # concurrent long reads on SQLite; more would only queue on the one file
 
@@ -184,6 +185,9 @@ class SqliteDatabase:
         )
         event.listen(self.engine, "connect", _configure_connection)
         event.listen(self.engine, "begin", _begin)
+        # Checkpoints leave the commits for a thread of their own (checkpoint.py).
+        self._checkpointer = Checkpointer(str(parsed.database))
+        event.listen(self.engine, "connect", _no_autocheckpoint)
         # One long-lived connection each for inline reads (autocommit: every statement sees the latest
         # commit) and for writes (writers are serialised by the store): a pool checkout plus
         # BEGIN/ROLLBACK cost more than the read itself.
@@ -195,6 +199,7 @@ class SqliteDatabase:
         # waits (busy_timeout) instead of failing half-way with "database is locked".
         if self._writer is None or self._writer.closed:
             self._writer = self.engine.connect().execution_options(sqlite_begin="BEGIN IMMEDIATE")
+            self._checkpointer.start()  # with the first write: a process that only reads needs none
         return self._writer
 
     @asynccontextmanager
@@ -224,6 +229,7 @@ class SqliteDatabase:
             conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        self._checkpointer.stop()
         for conn in (self._reader, self._writer):
             if conn is not None:
                 conn.close()
@@ -236,6 +242,10 @@ def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
     # documented recipe for pysqlite), then the pragmas every connection needs.
     dbapi_connection.isolation_level = None
     engines.sqlite_pragmas(dbapi_connection, _record)
+
+
+def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
 
 def _begin(conn: SyncConnection) -> None:
