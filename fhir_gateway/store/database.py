@@ -187,7 +187,6 @@ class SqliteDatabase:
         event.listen(self.engine, "begin", _begin)
         # Checkpoints leave the commits for a thread of their own (checkpoint.py).
         self._checkpointer = Checkpointer(str(parsed.database))
-        event.listen(self.engine, "connect", _no_autocheckpoint)
         # One long-lived connection each for inline reads (autocommit: every statement sees the latest
         # commit) and for writes (writers are serialised by the store): a pool checkout plus
         # BEGIN/ROLLBACK cost more than the read itself.
@@ -242,10 +241,7 @@ def _configure_connection(dbapi_connection: Any, _record: Any) -> None:
     # documented recipe for pysqlite), then the pragmas every connection needs.
     dbapi_connection.isolation_level = None
     engines.sqlite_pragmas(dbapi_connection, _record)
-
-
-def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's thread does them
 
 
 def _begin(conn: SyncConnection) -> None:

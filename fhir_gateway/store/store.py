@@ -181,16 +181,16 @@ class Transaction:
         `(res_type, res_id) IN (...)` with a full scan, so there the statement asks for
         `res_type IN (...) AND res_id IN (...)` (unique-index lookups of every combination) and
         the pairs not asked for are dropped here."""
-        wanted = sorted({k for k in keys if k not in self._known})
-        if not wanted:
+        asked = {k for k in keys if k not in self._known}
+        if not asked:
             return
+        wanted = sorted(asked)
         self._known.update(dict.fromkeys(wanted))
         if self.conn.dialect.name == "postgresql":
             rows = (await self.conn.execute(_LOCK_CURRENTS, {"keys": wanted})).all()
         else:
             types, ids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
             rows = (await self.conn.execute(_READ_CURRENTS, {"types": types, "ids": ids})).all()
-        asked = set(wanted)
         for row in rows:
             if (row.res_type, row.res_id) in asked:
                 self._known[(row.res_type, row.res_id)] = current_from_row(row)
