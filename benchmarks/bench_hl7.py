@@ -36,6 +36,7 @@ from fhir_gateway.api.serve import settle_heap
 from fhir_gateway.ingest.hl7v2.er7 import parse
 from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
 from fhir_gateway.ingest.hl7v2.receiver import Receiver
+from fhir_gateway.logs import configure_logging
 from fhir_gateway.settings import load_settings
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hl7v2" / "messages"
@@ -196,6 +197,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()
+    configure_logging("INFO")  # as the server does: debug lines would cost the server time
     texts = corpus()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -200,18 +200,26 @@ def _read(path: str | Path | None) -> tuple[Any, str]:
     )
 
 
-def _codings(node: Any) -> Iterator[tuple[str, str]]:
+def _codings(node: Any) -> list[tuple[str, str]]:
     """(system, code) of every Coding under `node`, skipping `meta` (labels are not content)."""
+    found: list[tuple[str, str]] = []
+    _collect_codings(node, found)
+    return found
+
+
+def _collect_codings(node: Any, found: list[tuple[str, str]]) -> None:
+    # Plain recursion into one list: a generator chain paid a frame resumption per level for every
+    # element of every resource written (~8 % of the labels stage).
     if isinstance(node, dict):
         system, code = node.get("system"), node.get("code")
         if isinstance(system, str) and isinstance(code, str):
-            yield system, code
+            found.append((system, code))
         for key, value in node.items():
             if key != "meta" and isinstance(value, (dict, list)):
-                yield from _codings(value)
+                _collect_codings(value, found)
     elif isinstance(node, list):
         for item in node:
-            yield from _codings(item)
+            _collect_codings(item, found)
 
 
 def _compile(data: Any, origin: str) -> RuleSet:

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from fhir_gateway.api.serve import Supervisor, _listening_socket, prepare_database, settle_heap
+from fhir_gateway.api.serve import (
+    YOUNG_GC_THRESHOLD,
+    Supervisor,
+    _listening_socket,
+    prepare_database,
+    settle_heap,
+)
 from fhir_gateway.crypto.tables import crypto_keys
 from fhir_gateway.settings import Settings
 from fhir_gateway.store.store import Store
@@ -86,9 +92,12 @@ def test_settle_heap_loads_the_definitions_and_freezes_them() -> None:
     """A server process takes the R4 definitions out of the cyclic GC's way before it serves."""
     from fhir_gateway.validation import loader
 
+    threshold = gc.get_threshold()
     try:
         frozen = settle_heap()
         assert frozen == gc.get_freeze_count() > 100_000  # the definitions are in the permanent generation
         assert loader.structures.cache_info().currsize == 1  # loaded at start, not by the first request
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *threshold[1:])  # young collections are rarer
     finally:
         gc.unfreeze()  # this is a test process: leave its collector as it was
+        gc.set_threshold(*threshold)
