@@ -19,6 +19,7 @@ from fhir_gateway.api.serve import (
     _listening_socket,
     prepare_database,
     settle_heap,
+    uvicorn_config,
 )
 from fhir_gateway.crypto.tables import crypto_keys
 from fhir_gateway.settings import Settings
@@ -101,3 +102,10 @@ def test_settle_heap_loads_the_definitions_and_freezes_them() -> None:
     finally:
         gc.unfreeze()  # this is a test process: leave its collector as it was
         gc.set_threshold(*threshold)
+
+
+def test_workers_run_on_the_standard_event_loop_which_accepts_every_waiting_connection() -> None:
+    """uvloop left busy workers' new connections in the accept queue for seconds (serve.py)."""
+    settings = make_settings("sqlite+aiosqlite:///unused.db", port=8123)
+    config = uvicorn_config(object(), settings)
+    assert (config.loop, config.http, config.port, config.backlog) == ("asyncio", "httptools", 8123, 4096)
