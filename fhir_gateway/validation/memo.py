@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -61,4 +60,6 @@ def _digest(resource: Any, mode: str | None, run_invariants: bool) -> bytes | No
 
 
 def _copies(issues: tuple[Issue, ...] | list[Issue]) -> list[Issue]:
-    return [replace(issue, expression=list(issue.expression)) for issue in issues]
+    # The constructor, not dataclasses.replace (which inspects the fields on every call): a feed
+    # message's resources come back from the memo with a few issues each, for every message.
+    return [Issue(i.severity, i.code, i.diagnostics, list(i.expression), i.details_code) for i in issues]

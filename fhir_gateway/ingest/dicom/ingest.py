@@ -261,7 +261,7 @@ class DicomIngester:
                 raise Conflict("the ImagingStudy changed during the ingest")
 
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        await self.gateway.submit(bundle, ctx, within=unchanged_since_read)
+        await self.gateway.submit_entries(bundle, ctx, within=unchanged_since_read)
         if endpoint_reference:
             self._endpoints.add(endpoint_reference.removeprefix("Endpoint/"))
 

@@ -149,7 +149,8 @@ class Receiver:
 
         ctx = RequestContext.system("hl7v2", source_system=source_system(message))
         try:
-            await gateway.submit(mapped.bundle, ctx, within=record, grouped=True)
+            # The entries' results, not a transaction-response Bundle: the ACK is all the sender gets.
+            await gateway.submit_entries(mapped.bundle, ctx, within=record, grouped=True)
         except Conflict:
             # A concurrent copy of this message committed first (unique key), or a concurrent write
             # touched the same resource: answer with the stored ACK, or ask for a resend.
