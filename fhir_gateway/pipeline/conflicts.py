@@ -156,6 +156,10 @@ def _row(row: Any) -> ConflictRow:
     )
 
 
+# Built once: a statement made per call costs SQLAlchemy its construction and cache key each time.
+_INSERT_CONFLICT = insert(conflicts).returning(conflicts.c.id)
+
+
 async def record(
     conn: Connection,
     *,
@@ -171,7 +175,7 @@ async def record(
 ) -> int:
     """Insert one conflict (in the write's own transaction); returns its id."""
     result = await conn.execute(
-        insert(conflicts).returning(conflicts.c.id),
+        _INSERT_CONFLICT,
         {
             "created": time.time() if now is None else now,
             "status": status,

@@ -52,12 +52,13 @@ SEAL_BATCH = 10_000  # rows numbered per seal; the rest get theirs in the next o
 Visible = Callable[[FromClause], ColumnElement[bool]]
 
 _NUMBER = update(change_feed).where(change_feed.c.id == bindparam("key")).values(seq=bindparam("position"))
+_APPEND = change_feed.insert()  # built once: it runs with most writes
 
 
 async def append(tx: Transaction, category: str, res_type: str, res_id: str, version_id: int) -> None:
     """Note a version in its category's feed, in the transaction that writes it."""
     await tx.conn.execute(
-        change_feed.insert(),
+        _APPEND,
         {"category": category, "res_type": res_type, "res_id": res_id, "version_id": version_id},
     )
 

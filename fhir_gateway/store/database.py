@@ -119,6 +119,12 @@ class InlineConnection:
     def _buffered(self, statement: Executable, parameters: Any) -> Result[Any]:
         return self._conn.execute(statement, parameters).freeze()()
 
+    def control(self, sql: str) -> None:
+        """A transaction-control statement (SAVEPOINT, RELEASE, ROLLBACK TO) on the sqlite3 cursor:
+        a group commit issues two per message, and SQLAlchemy's execution set-up costs ten times
+        the statement. SQLAlchemy keeps no state about savepoints it did not begin."""
+        self.write(DriverWrite.raw(sql), ())
+
     def write(self, statement: DriverWrite, rows: Sequence[Mapping[str, Any]]) -> int | None:
         """Run a hot write on the sqlite3 cursor itself; the new rowid when one row was inserted.
 
@@ -130,8 +136,8 @@ class InlineConnection:
         """
         cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            if len(rows) == 1:
-                cursor.execute(statement.sql, statement.values(rows[0]))
+            if len(rows) <= 1:
+                cursor.execute(statement.sql, statement.values(rows[0]) if rows else ())
                 rowid: int | None = cursor.lastrowid
                 return rowid
             cursor.executemany(statement.sql, [statement.values(row) for row in rows])
@@ -161,8 +167,18 @@ class DriverWrite:
     def values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple([row[name] for name in self.names])
 
+    @classmethod
+    def raw(cls, sql: str) -> DriverWrite:
+        """A statement given as driver SQL, without parameters."""
+        found = _RAW.get(sql)
+        if found is None:
+            found = _RAW[sql] = cls.__new__(cls)
+            found.sql, found.names = sql, ()
+        return found
+
 
 _SQLITE = sqlite_dialect.dialect()
+_RAW: dict[str, DriverWrite] = {}
 
 
 class SqliteDatabase:

@@ -277,20 +277,27 @@ class Transaction:
         store/group.py): SQLAlchemy's begin_nested() compiles a new statement for every savepoint name.
         """
         saved = (len(self._history), set(self._stale), dict(self._rows), dict(self._known))
-        await self.conn.execute(_SAVEPOINT)
+        await self._control(_SAVEPOINT)
         try:
             yield
         except BaseException:
-            await self.conn.execute(_ROLLBACK_TO_SAVEPOINT)
+            await self._control(_ROLLBACK_TO_SAVEPOINT)
             del self._history[saved[0] :]
             self._stale, self._rows, self._known = saved[1], saved[2], saved[3]
             raise
-        await self.conn.execute(_RELEASE_SAVEPOINT)
+        await self._control(_RELEASE_SAVEPOINT)
+
+    async def _control(self, sql: str) -> None:
+        if self._inline is not None:
+            self._inline.control(sql)
+        else:
+            await self.conn.execute(_CONTROL[sql])
 
 
-_SAVEPOINT = text("SAVEPOINT fhir_gateway_unit")
-_ROLLBACK_TO_SAVEPOINT = text("ROLLBACK TO SAVEPOINT fhir_gateway_unit")
-_RELEASE_SAVEPOINT = text("RELEASE SAVEPOINT fhir_gateway_unit")
+_SAVEPOINT = "SAVEPOINT fhir_gateway_unit"
+_ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT fhir_gateway_unit"
+_RELEASE_SAVEPOINT = "RELEASE SAVEPOINT fhir_gateway_unit"
+_CONTROL = {sql: text(sql) for sql in (_SAVEPOINT, _ROLLBACK_TO_SAVEPOINT, _RELEASE_SAVEPOINT)}
 
 
 _DRIVER_WRITES: dict[tuple[UpdateBase, tuple[str, ...]], DriverWrite] = {}
