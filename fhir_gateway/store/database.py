@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Protocol
 
 from sqlalchemy import create_engine as create_sync_engine
@@ -123,7 +123,8 @@ class InlineConnection:
         """A transaction-control statement (SAVEPOINT, RELEASE, ROLLBACK TO) on the sqlite3 cursor:
         a group commit issues two per message, and SQLAlchemy's execution set-up costs ten times
         the statement. SQLAlchemy keeps no state about savepoints it did not begin."""
-        self.write(DriverWrite.raw(sql), ())
+        with self._cursor(sql) as cursor:
+            cursor.execute(sql)
 
     def write(self, statement: DriverWrite, rows: Sequence[Mapping[str, Any]]) -> int | None:
         """Run a hot write on the sqlite3 cursor itself; the new rowid when one row was inserted.
@@ -134,16 +135,22 @@ class InlineConnection:
         SQLAlchemy (DriverWrite) and runs in the same transaction on the same connection; driver
         errors are wrapped as SQLAlchemy's, so the store maps them as it maps every other.
         """
-        cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            if len(rows) <= 1:
-                cursor.execute(statement.sql, statement.values(rows[0]) if rows else ())
+        with self._cursor(statement.sql) as cursor:
+            if len(rows) == 1:
+                cursor.execute(statement.sql, statement.values(rows[0]))
                 rowid: int | None = cursor.lastrowid
                 return rowid
             cursor.executemany(statement.sql, [statement.values(row) for row in rows])
             return None
+
+    @contextmanager
+    def _cursor(self, sql: str) -> Iterator[sqlite3.Cursor]:
+        """A cursor of the sqlite3 connection under this one; driver errors become SQLAlchemy's."""
+        cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            yield cursor
         except sqlite3.Error as exc:
-            raise DBAPIError.instance(statement.sql, None, exc, sqlite3.Error) from exc
+            raise DBAPIError.instance(sql, None, exc, sqlite3.Error) from exc
         finally:
             cursor.close()
 
@@ -167,18 +174,8 @@ class DriverWrite:
     def values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple([row[name] for name in self.names])
 
-    @classmethod
-    def raw(cls, sql: str) -> DriverWrite:
-        """A statement given as driver SQL, without parameters."""
-        found = _RAW.get(sql)
-        if found is None:
-            found = _RAW[sql] = cls.__new__(cls)
-            found.sql, found.names = sql, ()
-        return found
-
 
 _SQLITE = sqlite_dialect.dialect()
-_RAW: dict[str, DriverWrite] = {}
 
 
 class SqliteDatabase:
