@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.selectable import Select
 
 from fhir_gateway.store import engine as engines
 from fhir_gateway.store.checkpoint import Checkpointer
@@ -126,13 +127,21 @@ class InlineConnection:
         with self._cursor(sql) as cursor:
             cursor.execute(sql)
 
-    def write(self, statement: DriverWrite, rows: Sequence[Mapping[str, Any]]) -> int | None:
+    def first(self, statement: DriverStatement, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of a hot one-row read (a resource by key) as a plain tuple, on the sqlite3
+        cursor: SQLAlchemy's execution and result set-up cost four times the indexed lookup."""
+        with self._cursor(statement.sql) as cursor:
+            cursor.execute(statement.sql, statement.values(parameters))
+            row: tuple[Any, ...] | None = cursor.fetchone()
+            return row
+
+    def write(self, statement: DriverStatement, rows: Sequence[Mapping[str, Any]]) -> int | None:
         """Run a hot write on the sqlite3 cursor itself; the new rowid when one row was inserted.
 
         The store's buffered writes (history, index rows, current rows) are a dozen statements per
         resource version, and SQLAlchemy's per-statement work (execution context, parameter
         processing, result set-up) cost more than SQLite's own. The statement is compiled once by
-        SQLAlchemy (DriverWrite) and runs in the same transaction on the same connection; driver
+        SQLAlchemy (DriverStatement) and runs in the same transaction on the same connection; driver
         errors are wrapped as SQLAlchemy's, so the store maps them as it maps every other.
         """
         with self._cursor(statement.sql) as cursor:
@@ -155,17 +164,19 @@ class InlineConnection:
             cursor.close()
 
 
-class DriverWrite:
-    """An INSERT, UPDATE or DELETE compiled once to the SQLite driver's SQL (for InlineConnection.write).
+class DriverStatement:
+    """A statement compiled once to the SQLite driver's SQL: an INSERT, UPDATE or DELETE for
+    InlineConnection.write, a SELECT for InlineConnection.first.
 
     `keys` are the parameters it takes (for an INSERT, the columns it sets), in the order of the
     driver's `?` placeholders. Column types needing conversion are not allowed here: only the
-    store's own tables, whose values are str, int, float, bool, bytes and None.
+    store's own tables, whose values are str, int, float, bool, bytes and None (a Boolean column
+    comes back as 0 or 1).
     """
 
     __slots__ = ("names", "sql")
 
-    def __init__(self, statement: UpdateBase, keys: Sequence[str] | None = None) -> None:
+    def __init__(self, statement: UpdateBase | Select[Any], keys: Sequence[str] | None = None) -> None:
         compiled = statement.compile(dialect=_SQLITE, column_keys=list(keys) if keys else None)
         assert isinstance(compiled, SQLCompiler)
         self.sql = str(compiled)

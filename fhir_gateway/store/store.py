@@ -35,7 +35,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from fhir_gateway.errors import Conflict, ServiceUnavailable
 from fhir_gateway.fhir.json import Resource, loads
-from fhir_gateway.store.database import Connection, Database, DriverWrite, InlineConnection, open_database
+from fhir_gateway.store.database import Connection, Database, DriverStatement, InlineConnection, open_database
 from fhir_gateway.store.schema import INDEX_TABLES, resource_history, resources
 from fhir_gateway.store.search.rows import IndexRows
 
@@ -70,15 +70,17 @@ _CURRENT_COLUMNS = (
 )
 
 
-def current_from_row(row: Any) -> StoredVersion:
+def current_from_row(row: Sequence[Any]) -> StoredVersion:
+    """A row of `_CURRENT_COLUMNS`: a SQLAlchemy Row or the driver's plain tuple (by position)."""
+    pk, res_type, res_id, version_id, last_updated, deleted, content = row
     return StoredVersion(
-        res_type=row.res_type,
-        res_id=row.res_id,
-        version_id=row.version_id,
-        last_updated=row.last_updated,
-        deleted=bool(row.deleted),
-        content=row.content,
-        pk=row.pk,
+        res_type=res_type,
+        res_id=res_id,
+        version_id=version_id,
+        last_updated=last_updated,
+        deleted=bool(deleted),
+        content=content,
+        pk=pk,
     )
 
 
@@ -103,6 +105,7 @@ def select_current() -> Select[Any]:
 _BY_KEY = and_(resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i"))
 _READ_CURRENT = select_current().where(_BY_KEY)
 _LOCK_CURRENT = _READ_CURRENT.with_for_update()
+_DRIVER_READ_CURRENT = DriverStatement(_READ_CURRENT)  # SQLite: InlineConnection.first
 _KEYS: BindParameter[Any] = bindparam("keys", expanding=True)
 _LOCK_CURRENTS = (
     select_current()
@@ -199,9 +202,7 @@ class Transaction:
         key = (res_type, res_id)
         if key in self._known:
             return self._known[key]
-        stmt = _LOCK_CURRENT if self.conn.dialect.name == "postgresql" else _READ_CURRENT
-        row = (await self.conn.execute(stmt, {"t": res_type, "i": res_id})).first()
-        return current_from_row(row) if row is not None else None
+        return await _read_current(self.conn, res_type, res_id, lock=True)
 
     async def select(self, stmt: Select[Any]) -> list[StoredVersion]:
         await self.flush()
@@ -294,21 +295,34 @@ class Transaction:
             await self.conn.execute(_CONTROL[sql])
 
 
+async def _read_current(
+    conn: Connection, res_type: str, res_id: str, *, lock: bool = False
+) -> StoredVersion | None:
+    """The current row of one resource (the hottest statement: every read, every write's base);
+    `lock` takes its row lock on PostgreSQL (SQLite's writer holds the whole database)."""
+    keys = {"t": res_type, "i": res_id}
+    if isinstance(conn, InlineConnection):
+        row: Sequence[Any] | None = conn.first(_DRIVER_READ_CURRENT, keys)
+    else:
+        row = (await conn.execute(_LOCK_CURRENT if lock else _READ_CURRENT, keys)).first()
+    return current_from_row(row) if row is not None else None
+
+
 _SAVEPOINT = "SAVEPOINT fhir_gateway_unit"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT fhir_gateway_unit"
 _RELEASE_SAVEPOINT = "RELEASE SAVEPOINT fhir_gateway_unit"
 _CONTROL = {sql: text(sql) for sql in (_SAVEPOINT, _ROLLBACK_TO_SAVEPOINT, _RELEASE_SAVEPOINT)}
 
 
-_DRIVER_WRITES: dict[tuple[UpdateBase, tuple[str, ...]], DriverWrite] = {}
+_DRIVER_WRITES: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
 
 
-def _driver(statement: UpdateBase, row: dict[str, Any]) -> DriverWrite:
+def _driver(statement: UpdateBase, row: dict[str, Any]) -> DriverStatement:
     """`statement` compiled for the parameters `row` gives (once per statement and set of keys)."""
     key = (statement, tuple(row))
     found = _DRIVER_WRITES.get(key)
     if found is None:
-        found = _DRIVER_WRITES[key] = DriverWrite(statement, key[1])
+        found = _DRIVER_WRITES[key] = DriverStatement(statement, key[1])
     return found
 
 
@@ -363,8 +377,7 @@ class Store:
 
     async def read(self, res_type: str, res_id: str) -> StoredVersion | None:
         async with self.reader() as conn:
-            row = (await conn.execute(_READ_CURRENT, {"t": res_type, "i": res_id})).first()
-        return current_from_row(row) if row is not None else None
+            return await _read_current(conn, res_type, res_id)
 
     async def vread(self, res_type: str, res_id: str, version_id: int) -> StoredVersion | None:
         async with self.reader() as conn:
