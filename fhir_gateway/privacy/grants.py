@@ -54,6 +54,40 @@ async def grants_for(ctx: RequestContext, settings: Settings, consents: ConsentC
         # The gateway's own work (a feed being applied, a CLI command): no end user to protect
         # data from; what it may write is governed by the pipeline, and what it reads never leaves.
         return Grants.everything()
+    grants = token_grants(ctx, settings)
+    if CONSENT_BYPASS & set(ctx.roles):
+        return grants  # admin and privacy officer see everything (and are audited)
+    grants = await _with_break_glass(grants, ctx, consents.store)
+    return await _with_consents(grants, ctx, settings, consents)
+
+
+# The caller fields the token-derived Grants depend on (scopes, roles, launch patient, and the
+# clearance inputs: roles, fhirUser, sub, purposeOfUse).
+Caller = tuple[str | None, tuple[str, ...], tuple[str, ...], str | None, tuple[str, ...], str | None]
+_TOKEN_GRANTS: dict[tuple[int, Caller], tuple[Settings, Grants]] = {}
+TOKEN_GRANTS_KEPT = 4096  # distinct callers remembered; the memo starts afresh beyond that
+
+
+def token_grants(ctx: RequestContext, settings: Settings) -> Grants:
+    """The Grants a caller's token gives under `settings`, before break-glass and consents.
+
+    A pure function of the token's claims and the settings, and a third of a read's policy work
+    (scope parsing, role permissions, clearance), so it is memoised per distinct caller: a client
+    sends the same token for many requests. Grants are immutable, so requests may share them.
+    The settings object is kept with its entry, so its id cannot be reused while the entry lives.
+    """
+    caller: Caller = (ctx.subject, ctx.scopes, ctx.roles, ctx.patient, ctx.purpose_of_use, ctx.fhir_user)
+    found = _TOKEN_GRANTS.get((id(settings), caller))
+    if found is not None and found[0] is settings:
+        return found[1]
+    if len(_TOKEN_GRANTS) >= TOKEN_GRANTS_KEPT:
+        _TOKEN_GRANTS.clear()
+    grants = _compile_token_grants(ctx, settings)
+    _TOKEN_GRANTS[(id(settings), caller)] = (settings, grants)
+    return grants
+
+
+def _compile_token_grants(ctx: RequestContext, settings: Settings) -> Grants:
     types, narrowed, patient_level = _scope_types(ctx.scopes, encrypted_for(settings))
     if ctx.roles:
         allowed = set("".join(ROLE_PERMISSIONS.get(r, "") for r in ctx.roles))
@@ -68,17 +102,13 @@ async def grants_for(ctx: RequestContext, settings: Settings, consents: ConsentC
         types["read"] = types["search"] = frozenset()
     hidden = clearance.hidden()
     exceptions = set(settings.privacy.break_glass_exceptions)
-    grants = Grants(
+    return Grants(
         types,
         patient=patient,
         narrowed=narrowed,
         hidden=hidden,
         override_exceptions=frozenset(label for label in hidden if label[1] in exceptions),
     )
-    if CONSENT_BYPASS & set(ctx.roles):
-        return grants  # admin and privacy officer see everything (and are audited)
-    grants = await _with_break_glass(grants, ctx, consents.store)
-    return await _with_consents(grants, ctx, settings, consents)
 
 
 async def _with_break_glass(grants: Grants, ctx: RequestContext, store: Store) -> Grants:

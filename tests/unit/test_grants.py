@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from fhir_gateway.context import RequestContext
+from fhir_gateway.privacy import grants as grants_module
+from fhir_gateway.privacy.access import Grants
 from fhir_gateway.privacy.consent import PatientConsent, Provision
 from fhir_gateway.privacy.consent_store import ConsentCache
-from fhir_gateway.privacy.grants import grants_for
+from fhir_gateway.privacy.grants import grants_for, token_grants
 from fhir_gateway.settings import Settings
 from fhir_gateway.store.store import Store
 from tests.conftest import make_settings
@@ -112,3 +114,36 @@ def test_admins_are_not_bound_by_consents_and_feeds_by_nothing(settings: Setting
     assert admin.consents == () and admin.hidden == frozenset()
     feed = grants(settings, RequestContext.system("hl7v2"))
     assert feed.types["read"] is None and not feed.hidden and feed.patient is None
+
+
+def test_the_token_part_is_compiled_once_per_caller_and_settings(settings: Settings, tmp_path: Path) -> None:
+    """A client's repeated requests share one compiled Grants; any claim that matters, or other
+    settings, compiles afresh (a memo that ignored one would hand a caller another's rights)."""
+    first = token_grants(doctor(scopes=("user/*.rs",)), settings)
+    assert token_grants(doctor(scopes=("user/*.rs",)), settings) is first
+    narrower = token_grants(doctor(scopes=("user/Observation.rs",)), settings)
+    assert narrower.types["read"] == {"Observation"} and first.types["read"] is None
+    researcher = token_grants(doctor(roles=("researcher",), scopes=("user/*.rs",)), settings)
+    assert researcher.types["read"] == frozenset()
+    launched = token_grants(doctor(scopes=("patient/*.rs",), patient="p1"), settings)
+    assert launched.patient == "p1"
+    other = make_settings(f"sqlite+aiosqlite:///{tmp_path}/o.db", privacy={"break_glass_exceptions": []})
+    assert token_grants(doctor(scopes=("user/*.rs",)), other) is not first
+
+
+def test_the_token_grants_memo_is_bounded(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grants_module, "TOKEN_GRANTS_KEPT", 3)
+    for n in range(10):
+        token_grants(doctor(subject=f"d{n}", scopes=("user/*.rs",)), settings)
+    assert len(grants_module._TOKEN_GRANTS) <= 3
+
+
+def test_a_memo_entry_of_other_settings_under_a_reused_id_is_not_served(
+    settings: Settings, tmp_path: Path
+) -> None:
+    ctx = doctor(scopes=("user/*.rs",))
+    caller = (ctx.subject, ctx.scopes, ctx.roles, ctx.patient, ctx.purpose_of_use, ctx.fhir_user)
+    stale = Grants.everything()
+    other = make_settings(f"sqlite+aiosqlite:///{tmp_path}/o.db")
+    grants_module._TOKEN_GRANTS[(id(settings), caller)] = (other, stale)
+    assert token_grants(ctx, settings) is not stale
