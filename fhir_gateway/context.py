@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from fhir_gateway.fhir.ids import uuid7_hex
 
 if TYPE_CHECKING:
     from fhir_gateway.privacy.access import AccessPolicy
@@ -28,7 +29,7 @@ class RequestContext:
     jti: str | None = None
     source: str = "rest"
     source_system: str | None = None
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = field(default_factory=uuid7_hex)
     claims: dict[str, Any] = field(default_factory=dict)
     # The request's compiled access policy (privacy/grants.policy_for): one per request, so its
     # decisions are cached for exactly as long as the request lives.

@@ -21,7 +21,6 @@ head row, so several server processes share one chain; on SQLite the store's sin
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ from sqlalchemy import bindparam, insert, select, text, update
 from fhir_gateway.audit.events import instant
 from fhir_gateway.audit.tables import audit_chain_heads, audit_event_index, audit_events
 from fhir_gateway.fhir.dates import date_range
-from fhir_gateway.store.database import Connection
+from fhir_gateway.fhir.ids import uuid7_hex
+from fhir_gateway.store.database import Connection, write_rows
 from fhir_gateway.store.store import Store
 
 Resource = dict[str, Any]
@@ -61,29 +61,29 @@ def chain_hash(prev_hash: str, seq: int, body: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SealedEvent:
-    """An AuditEvent frozen for the chain: its id, when it happened, its outcome and its bytes."""
+    """An AuditEvent frozen for the chain: its id, when it happened, its outcome, its bytes and
+    what `GET AuditEvent` searches on."""
 
     event_id: str
     recorded: float
     outcome: str
     body: bytes
-
-    def facts(self) -> EventFacts:
-        return facts(orjson.loads(self.body))
+    facts: EventFacts
 
 
 def seal(event: Resource) -> SealedEvent:
     """Give the event an id and meta (when it has none) and freeze its canonical bytes.
 
     Sealing is idempotent: a sealed event read back and sealed again gives the same bytes, which
-    is what lets events spilled to disk at shutdown be reloaded unchanged. Cheap on purpose (it
-    runs on the request path): search values are extracted later, by the writer.
+    is what lets events spilled to disk at shutdown be reloaded unchanged. The search values are
+    taken here, from the dict at hand: extracting them in the writer meant parsing the bytes again
+    (as dear as the extraction itself).
     """
     if event.get("resourceType") != "AuditEvent":
         raise ValueError("only AuditEvent resources go into the audit trail")
     event = dict(event)
     if "id" not in event:
-        event["id"] = os.urandom(16).hex()
+        event["id"] = uuid7_hex()
     if not isinstance(event.get("recorded"), str):
         event["recorded"] = instant(time.time())
     if "meta" not in event:
@@ -93,6 +93,7 @@ def seal(event: Resource) -> SealedEvent:
         recorded=_epoch(event["recorded"]),
         outcome=str(event.get("outcome", "0")),
         body=canonical(event),
+        facts=facts(event),
     )
 
 
@@ -202,26 +203,16 @@ async def lock_head(conn: Connection, chain: str) -> ChainHead:
     return ChainHead(chain, int(row.seq), str(row.hash))
 
 
-async def append(
-    conn: Connection,
-    chain: str,
-    events: Sequence[SealedEvent],
-    described: Sequence[EventFacts] | None = None,
-) -> ChainHead:
-    """Append `events` in order to `chain` inside the caller's transaction; returns the new head.
-
-    `described` are the events' search facts when the caller extracted them before the transaction
-    (the writer does, so the chain lock is held only for hashing and inserts).
-    """
-    if described is None:
-        described = [e.facts() for e in events]
+async def append(conn: Connection, chain: str, events: Sequence[SealedEvent]) -> ChainHead:
+    """Append `events` in order to `chain` inside the caller's transaction; returns the new head."""
     head = await lock_head(conn, chain)
     if not events:
         return head
     seq, prev = head.seq, head.hash
     rows: list[dict[str, Any]] = []
     index_rows: list[dict[str, Any]] = []
-    for event, about in zip(events, described, strict=True):
+    for event in events:
+        about = event.facts
         seq += 1
         digest = chain_hash(prev, seq, event.body)
         rows.append(
@@ -241,9 +232,9 @@ async def append(
         )
         index_rows += [{"chain": chain, "seq": seq, "param": p, "value": v} for p, v in about.index]
         prev = digest
-    await conn.execute(_INSERT_EVENT, rows)
+    await write_rows(conn, _INSERT_EVENT, rows)
     if index_rows:
-        await conn.execute(_INSERT_INDEX, index_rows)
+        await write_rows(conn, _INSERT_INDEX, index_rows)
     await conn.execute(_UPDATE_HEAD, {"c": chain, "seq": seq, "hash": prev, "updated": time.time()})
     return ChainHead(chain, seq, prev)
 

@@ -272,13 +272,11 @@ class AuditLog:
             self._prepared = True
         events = [p.sealed for p in batch]
         recheck = any(p.maybe_written for p in batch)
-        described = [e.facts() for e in events]  # before the transaction: the chain lock is short
         async with self.store.transaction() as tx:
             if recheck:
                 done = await existing_ids(tx.conn, [e.event_id for e in events])
-                keep = [i for i, e in enumerate(events) if e.event_id not in done]
-                events, described = [events[i] for i in keep], [described[i] for i in keep]
-            await append(tx.conn, self.chain, events, described)
+                events = [e for e in events if e.event_id not in done]
+            await append(tx.conn, self.chain, events)
             for pending in batch:
                 if pending.writes is not None:  # durable events only, never rechecked: see _failed
                     await pending.writes(tx)

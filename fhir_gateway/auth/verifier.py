@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +33,7 @@ from fhir_gateway.auth.claims import context_from_claims
 from fhir_gateway.auth.jwks import KTY_FOR_ALG, JwksCache
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import Unauthorized
+from fhir_gateway.fhir.ids import uuid7_hex
 from fhir_gateway.privacy.scope_filter import check_scopes, encrypted_for
 from fhir_gateway.settings import Settings
 
@@ -216,7 +216,7 @@ class TokenVerifier:
             return None
         claims: dict[str, Any] = orjson.loads(raw)  # a private copy: contexts are edited per request
         self._check_times(claims)  # an expired token is refused even while remembered
-        return replace(template, claims=claims, request_id=uuid.uuid4().hex, policy=None)
+        return replace(template, claims=claims, request_id=uuid7_hex(), policy=None)
 
     def _context(self, claims: dict[str, Any]) -> RequestContext:
         ctx = context_from_claims(claims, roles_claim=self.config.roles_claim)

@@ -187,6 +187,25 @@ class DriverStatement:
 
 
 _SQLITE = sqlite_dialect.dialect()
+_DRIVER_WRITES: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
+
+
+def driver_statement(statement: UpdateBase, row: Mapping[str, Any]) -> DriverStatement:
+    """`statement` compiled for the parameters `row` gives (once per statement and set of keys)."""
+    key = (statement, tuple(row))
+    found = _DRIVER_WRITES.get(key)
+    if found is None:
+        found = _DRIVER_WRITES[key] = DriverStatement(statement, key[1])
+    return found
+
+
+async def write_rows(conn: Connection, statement: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A batch write of rows that all give the same keys: on SQLite through the driver
+    (InlineConnection.write), else one SQLAlchemy executemany."""
+    if isinstance(conn, InlineConnection):
+        conn.write(driver_statement(statement, rows[0]), rows)
+    else:
+        await conn.execute(statement, rows if len(rows) > 1 else rows[0])
 
 
 class SqliteDatabase:

@@ -35,7 +35,15 @@ from sqlalchemy.sql.elements import BindParameter
 
 from fhir_gateway.errors import Conflict, ServiceUnavailable
 from fhir_gateway.fhir.json import Resource, loads
-from fhir_gateway.store.database import Connection, Database, DriverStatement, InlineConnection, open_database
+from fhir_gateway.store.database import (
+    Connection,
+    Database,
+    DriverStatement,
+    InlineConnection,
+    driver_statement,
+    open_database,
+    write_rows,
+)
 from fhir_gateway.store.schema import INDEX_TABLES, resource_history, resources
 from fhir_gateway.store.search.rows import IndexRows
 
@@ -229,7 +237,7 @@ class Transaction:
         else:
             row = {"res_type": version.res_type, "res_id": version.res_id, **values}
             if self._inline is not None:
-                inserted = self._inline.write(_driver(_INSERT_CURRENT_ROW, row), [row])
+                inserted = self._inline.write(driver_statement(_INSERT_CURRENT_ROW, row), [row])
                 assert inserted is not None
                 pk = inserted
             else:
@@ -264,11 +272,8 @@ class Transaction:
                     await self._execute(statement, batch)
 
     async def _execute(self, statement: UpdateBase, rows: list[dict[str, Any]]) -> None:
-        """A buffered write: on SQLite through the driver, else through SQLAlchemy (executemany)."""
-        if self._inline is not None:
-            self._inline.write(_driver(statement, rows[0]), rows)
-        else:
-            await self.conn.execute(statement, rows if len(rows) > 1 else rows[0])
+        """A buffered write (see `write_rows`)."""
+        await write_rows(self.conn, statement, rows)
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -312,18 +317,6 @@ _SAVEPOINT = "SAVEPOINT fhir_gateway_unit"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT fhir_gateway_unit"
 _RELEASE_SAVEPOINT = "RELEASE SAVEPOINT fhir_gateway_unit"
 _CONTROL = {sql: text(sql) for sql in (_SAVEPOINT, _ROLLBACK_TO_SAVEPOINT, _RELEASE_SAVEPOINT)}
-
-
-_DRIVER_WRITES: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
-
-
-def _driver(statement: UpdateBase, row: dict[str, Any]) -> DriverStatement:
-    """`statement` compiled for the parameters `row` gives (once per statement and set of keys)."""
-    key = (statement, tuple(row))
-    found = _DRIVER_WRITES.get(key)
-    if found is None:
-        found = _DRIVER_WRITES[key] = DriverStatement(statement, key[1])
-    return found
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
