@@ -31,7 +31,7 @@ from sqlalchemy import CursorResult, func, insert, select, update
 
 from fhir_gateway.fhir.json import Resource
 from fhir_gateway.pipeline.tables import conflicts
-from fhir_gateway.store.database import Connection
+from fhir_gateway.store.database import Connection, insert_row
 from fhir_gateway.store.store import Store
 
 # Elements that say nothing about the subject: never compared, never merged.
@@ -157,7 +157,8 @@ def _row(row: Any) -> ConflictRow:
 
 
 # Built once: a statement made per call costs SQLAlchemy its construction and cache key each time.
-_INSERT_CONFLICT = insert(conflicts).returning(conflicts.c.id)
+_INSERT_CONFLICT = insert(conflicts)
+_INSERT_CONFLICT_RETURNING = _INSERT_CONFLICT.returning(conflicts.c.id)
 
 
 async def record(
@@ -174,7 +175,8 @@ async def record(
     now: float | None = None,
 ) -> int:
     """Insert one conflict (in the write's own transaction); returns its id."""
-    result = await conn.execute(
+    return await insert_row(
+        conn,
         _INSERT_CONFLICT,
         {
             "created": time.time() if now is None else now,
@@ -189,9 +191,8 @@ async def record(
             "elements": orjson.dumps(list(proposed)).decode(),
             "proposed": orjson.dumps(dict(proposed)).decode(),
         },
+        returning=_INSERT_CONFLICT_RETURNING,
     )
-    conflict_id: int = result.scalar_one()
-    return conflict_id
 
 
 async def open_conflicts(

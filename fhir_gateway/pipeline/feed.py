@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import FromClause
 
 from fhir_gateway.pipeline.tables import change_feed, change_feed_head
+from fhir_gateway.store.database import write_rows
 from fhir_gateway.store.schema import resource_history, resources
 from fhir_gateway.store.store import (
     Store,
@@ -57,10 +58,8 @@ _APPEND = change_feed.insert()  # built once: it runs with most writes
 
 async def append(tx: Transaction, category: str, res_type: str, res_id: str, version_id: int) -> None:
     """Note a version in its category's feed, in the transaction that writes it."""
-    await tx.conn.execute(
-        _APPEND,
-        {"category": category, "res_type": res_type, "res_id": res_id, "version_id": version_id},
-    )
+    row = {"category": category, "res_type": res_type, "res_id": res_id, "version_id": version_id}
+    await write_rows(tx.conn, _APPEND, [row])
 
 
 async def seal(store: Store, category: str) -> int:

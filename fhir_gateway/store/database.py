@@ -199,6 +199,37 @@ def driver_statement(statement: UpdateBase, row: Mapping[str, Any]) -> DriverSta
     return found
 
 
+_DRIVER_READS: dict[Select[Any], DriverStatement] = {}
+
+
+async def first_row(
+    conn: Connection, statement: Select[Any], parameters: Mapping[str, Any]
+) -> Sequence[Any] | None:
+    """The first row of a hot lookup by key: on SQLite the driver's plain tuple
+    (InlineConnection.first), else a SQLAlchemy Row; read both by position."""
+    if isinstance(conn, InlineConnection):
+        found = _DRIVER_READS.get(statement)
+        if found is None:
+            found = _DRIVER_READS[statement] = DriverStatement(statement)
+        return conn.first(found, parameters)
+    row: Sequence[Any] | None = (await conn.execute(statement, parameters)).first()
+    return row
+
+
+async def insert_row(
+    conn: Connection, statement: UpdateBase, row: Mapping[str, Any], *, returning: UpdateBase
+) -> int:
+    """Insert one row into a table keyed by an integer primary key; returns the new key. On SQLite
+    through the driver, whose lastrowid *is* that key; else `returning`, the same INSERT with
+    RETURNING the key (both built once by the caller)."""
+    if isinstance(conn, InlineConnection):
+        key = conn.write(driver_statement(statement, row), [row])
+        assert key is not None
+        return key
+    created: int = (await conn.execute(returning, row)).scalar_one()
+    return created
+
+
 async def write_rows(conn: Connection, statement: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
     """A batch write of rows that all give the same keys: on SQLite through the driver
     (InlineConnection.write), else one SQLAlchemy executemany."""

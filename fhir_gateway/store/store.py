@@ -38,9 +38,9 @@ from fhir_gateway.fhir.json import Resource, loads
 from fhir_gateway.store.database import (
     Connection,
     Database,
-    DriverStatement,
     InlineConnection,
-    driver_statement,
+    first_row,
+    insert_row,
     open_database,
     write_rows,
 )
@@ -113,7 +113,6 @@ def select_current() -> Select[Any]:
 _BY_KEY = and_(resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i"))
 _READ_CURRENT = select_current().where(_BY_KEY)
 _LOCK_CURRENT = _READ_CURRENT.with_for_update()
-_DRIVER_READ_CURRENT = DriverStatement(_READ_CURRENT)  # SQLite: InlineConnection.first
 _KEYS: BindParameter[Any] = bindparam("keys", expanding=True)
 _LOCK_CURRENTS = (
     select_current()
@@ -133,7 +132,7 @@ _READ_VERSION = select(resource_history).where(
     )
 )
 _INSERT_CURRENT = insert(resources).returning(resources.c.pk)
-_INSERT_CURRENT_ROW = insert(resources)  # SQLite: the driver's lastrowid is the pk
+_INSERT_CURRENT_ROW = insert(resources)
 _UPDATE_CURRENT = update(resources).where(resources.c.pk == bindparam("key"))
 _INSERT_HISTORY = insert(resource_history)
 _CLEAR_INDEX = {name: delete(t).where(t.c.res_pk.in_(_KEYS)) for name, t in INDEX_TABLES.items()}
@@ -236,12 +235,7 @@ class Transaction:
             self._stale.add(pk)
         else:
             row = {"res_type": version.res_type, "res_id": version.res_id, **values}
-            if self._inline is not None:
-                inserted = self._inline.write(driver_statement(_INSERT_CURRENT_ROW, row), [row])
-                assert inserted is not None
-                pk = inserted
-            else:
-                pk = (await self.conn.execute(_INSERT_CURRENT, row)).scalar_one()
+            pk = await insert_row(self.conn, _INSERT_CURRENT_ROW, row, returning=_INSERT_CURRENT)
         self._known[(version.res_type, version.res_id)] = replace(version, pk=pk, method="")
         self._history.append(
             {"res_type": version.res_type, "res_id": version.res_id, "method": version.method, **values}
@@ -305,11 +299,7 @@ async def _read_current(
 ) -> StoredVersion | None:
     """The current row of one resource (the hottest statement: every read, every write's base);
     `lock` takes its row lock on PostgreSQL (SQLite's writer holds the whole database)."""
-    keys = {"t": res_type, "i": res_id}
-    if isinstance(conn, InlineConnection):
-        row: Sequence[Any] | None = conn.first(_DRIVER_READ_CURRENT, keys)
-    else:
-        row = (await conn.execute(_LOCK_CURRENT if lock else _READ_CURRENT, keys)).first()
+    row = await first_row(conn, _LOCK_CURRENT if lock else _READ_CURRENT, {"t": res_type, "i": res_id})
     return current_from_row(row) if row is not None else None
 
 

@@ -37,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 
-from fhir_gateway.store.database import Connection
+from fhir_gateway.store.database import Connection, first_row, write_rows
 from fhir_gateway.store.schema import PK, metadata
 from fhir_gateway.store.store import Store
 
@@ -152,8 +152,8 @@ async def stored_acks(store: Store, key: MessageKey) -> list[str] | None:
     """The ACK(s) already sent for this message key, None when it was never accepted."""
     async with store.reader() as conn:
         params = {"app": key[0], "facility": key[1], "control_id": key[2]}
-        row = (await conn.execute(_STORED_ACK, params)).first()
-    return _acks(row.ack) if row is not None else None
+        row = await first_row(conn, _STORED_ACK, params)
+    return _acks(row[0]) if row is not None else None
 
 
 def _acks(stored: str) -> list[str]:
@@ -173,18 +173,21 @@ async def record_message(
     status: str = "accepted",
 ) -> None:
     """Insert the idempotency row (inside the submit's transaction: the commit hook)."""
-    await conn.execute(
+    await write_rows(
+        conn,
         _RECORD_MESSAGE,
-        {
-            "sending_application": key[0],
-            "sending_facility": key[1],
-            "control_id": key[2],
-            "message_type": message_type,
-            "received_at": time.time(),
-            "status": status,
-            "ack": orjson.dumps(acks).decode(),
-            "resources": orjson.dumps(resources).decode(),
-        },
+        [
+            {
+                "sending_application": key[0],
+                "sending_facility": key[1],
+                "control_id": key[2],
+                "message_type": message_type,
+                "received_at": time.time(),
+                "status": status,
+                "ack": orjson.dumps(acks).decode(),
+                "resources": orjson.dumps(resources).decode(),
+            }
+        ],
     )
 
 
