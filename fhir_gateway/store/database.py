@@ -135,6 +135,17 @@ class InlineConnection:
             row: tuple[Any, ...] | None = cursor.fetchone()
             return row
 
+    def run(
+        self, statement: UpdateBase | Select[Any], parameters: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """A statement with expanding `IN` parameters (one `?` per list item) on the sqlite3
+        cursor; its rows. SQLAlchemy renders such a statement afresh on every execution; here the
+        compiled form is kept and only the placeholders are expanded (DriverStatement.expanded)."""
+        sql, values = DriverStatement.expanded(statement, parameters)
+        with self._cursor(sql) as cursor:
+            cursor.execute(sql, values)
+            return cursor.fetchall()
+
     def write(self, statement: DriverStatement, rows: Sequence[Mapping[str, Any]]) -> int | None:
         """Run a hot write on the sqlite3 cursor itself; the new rowid when one row was inserted.
 
@@ -185,8 +196,21 @@ class DriverStatement:
     def values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple([row[name] for name in self.names])
 
+    @staticmethod
+    def expanded(
+        statement: UpdateBase | Select[Any], parameters: Mapping[str, Any]
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The driver SQL and values of a statement whose `IN` lists are expanding parameters."""
+        compiled = _EXPANDING.get(statement)
+        if compiled is None:
+            compiled = _EXPANDING[statement] = statement.compile(dialect=_SQLITE)
+            assert isinstance(compiled, SQLCompiler)
+        state = compiled.construct_expanded_state(dict(parameters))
+        return state.statement, tuple([state.parameters[name] for name in state.positiontup or ()])
+
 
 _SQLITE = sqlite_dialect.dialect()
+_EXPANDING: dict[UpdateBase | Select[Any], Any] = {}  # statement → its SQLCompiler (DriverStatement.expanded)
 _DRIVER_WRITES: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
 
 
@@ -228,6 +252,16 @@ async def insert_row(
         return key
     created: int = (await conn.execute(returning, row)).scalar_one()
     return created
+
+
+async def expanding_rows(
+    conn: Connection, statement: UpdateBase | Select[Any], parameters: Mapping[str, Any]
+) -> Sequence[Sequence[Any]]:
+    """Run a hot statement with expanding `IN` parameters; its rows (none for a DELETE), by position."""
+    if isinstance(conn, InlineConnection):
+        return conn.run(statement, parameters)
+    result = await conn.execute(statement, parameters)
+    return result.all() if statement.is_select else []
 
 
 async def write_rows(conn: Connection, statement: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -39,6 +39,7 @@ from fhir_gateway.store.database import (
     Connection,
     Database,
     InlineConnection,
+    expanding_rows,
     first_row,
     insert_row,
     open_database,
@@ -196,14 +197,16 @@ class Transaction:
             return
         wanted = sorted(asked)
         self._known.update(dict.fromkeys(wanted))
+        rows: Sequence[Sequence[Any]]
         if self.conn.dialect.name == "postgresql":
             rows = (await self.conn.execute(_LOCK_CURRENTS, {"keys": wanted})).all()
         else:
             types, ids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
-            rows = (await self.conn.execute(_READ_CURRENTS, {"types": types, "ids": ids})).all()
+            rows = await expanding_rows(self.conn, _READ_CURRENTS, {"types": types, "ids": ids})
         for row in rows:
-            if (row.res_type, row.res_id) in asked:
-                self._known[(row.res_type, row.res_id)] = current_from_row(row)
+            version = current_from_row(row)
+            if (version.res_type, version.res_id) in asked:
+                self._known[(version.res_type, version.res_id)] = version
 
     async def current(self, res_type: str, res_id: str) -> StoredVersion | None:
         key = (res_type, res_id)
@@ -253,7 +256,7 @@ class Transaction:
         if self._stale:
             stale, self._stale = sorted(self._stale), set()
             for clear in _CLEAR_INDEX.values():
-                await self.conn.execute(clear, {"keys": stale})
+                await expanding_rows(self.conn, clear, {"keys": stale})
         if self._rows:
             pending, self._rows = self._rows, {}
             for attr, statement in _INSERT_INDEX.items():
