@@ -12,16 +12,16 @@ whole. Hidden labels come from the clearance model.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from fhir_gateway.audit.events import break_glass_policy
 from fhir_gateway.auth.scopes import parse_scopes
 from fhir_gateway.context import RequestContext
-from fhir_gateway.privacy.access import AccessPolicy, Grants
+from fhir_gateway.privacy.access import AccessPolicy, ConsentSet, Grants
 from fhir_gateway.privacy.breakglass import active_grant_keys
 from fhir_gateway.privacy.clearance import clearance_for, clearance_policy
 from fhir_gateway.privacy.consent import Provision, for_request
-from fhir_gateway.privacy.consent_store import ConsentCache
+from fhir_gateway.privacy.consent_store import ConsentCache, InForce
 from fhir_gateway.privacy.scope_filter import EncryptedParams, ScopeFilter, encrypted_for, scope_filter
 from fhir_gateway.settings import Settings
 from fhir_gateway.store.store import Store
@@ -128,28 +128,57 @@ async def _with_break_glass(grants: Grants, ctx: RequestContext, store: Store) -
 async def _with_consents(
     grants: Grants, ctx: RequestContext, settings: Settings, cache: ConsentCache
 ) -> Grants:
-    now = time.time()
-    in_force = await cache.in_force(now)
     default_deny = settings.privacy.consent_default == "deny"
+    key = (ctx.fhir_user, ctx.roles, ctx.purpose_of_use, default_deny)
+
+    def resolve(in_force: InForce, now: float) -> tuple[ResolvedConsents, float]:
+        return _resolve_consents(in_force, ctx, now, default_deny=default_deny)
+
+    resolved = await cache.resolved(key, time.time(), resolve)
+    own = (
+        {ctx.fhir_user.partition("/")[2]} if ctx.fhir_user and ctx.fhir_user.startswith("Patient/") else set()
+    )
+    return replace(
+        grants,
+        consents=resolved.consents,
+        consented=resolved.consented,
+        consent_default_deny=default_deny,
+        consent_exempt=frozenset(own),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedConsents:
+    """The consents in force that can matter to one caller, request side resolved (for_request)."""
+
+    consents: ConsentSet
+    consented: frozenset[str]  # patients with a consent in force
+
+
+def _resolve_consents(
+    in_force: InForce, ctx: RequestContext, now: float, *, default_deny: bool
+) -> tuple[ResolvedConsents, float]:
+    """The caller's resolved consents, and the time until which they stay as they are (the next
+    boundary of a provision's period: the consents' own periods are the cache's to watch)."""
     resolved: list[tuple[str, str, Provision | None]] = []
+    until = float("inf")
     for patient, consents in in_force.items():
         for pc in consents:
+            until = min(until, _next_boundary(pc.root, now))
             tree = for_request(pc.root, ctx, now)
             if tree is not None and not (default_deny or _may_withhold(tree)):
                 continue  # this consent can only permit, and permit is already the default
             if tree is None and not default_deny:
                 continue
             resolved.append((patient, pc.consent_id, tree))
-    own = (
-        {ctx.fhir_user.partition("/")[2]} if ctx.fhir_user and ctx.fhir_user.startswith("Patient/") else set()
-    )
-    return replace(
-        grants,
-        consents=tuple(resolved),
-        consented=frozenset(in_force),
-        consent_default_deny=default_deny,
-        consent_exempt=frozenset(own),
-    )
+    return ResolvedConsents(ConsentSet(resolved), frozenset(in_force)), until
+
+
+def _next_boundary(provision: Provision, now: float) -> float:
+    """The first start or end of a period in this provision tree after `now` (inf if none)."""
+    bounds = [b for b in provision.period or () if b > now]
+    bounds += [_next_boundary(child, now) for child in provision.children]
+    return min(bounds, default=float("inf"))
 
 
 def _may_withhold(tree: Provision) -> bool:

@@ -4,11 +4,13 @@ Consent written during a load still takes effect before the next answer."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fhir_gateway.privacy.consent import PatientConsent
+from fhir_gateway.privacy import consent_store
+from fhir_gateway.privacy.consent import PatientConsent, Provision
 from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.store.store import Store
 
@@ -97,3 +99,92 @@ async def test_a_zero_max_age_loads_once_per_call_and_returns(store: Store) -> N
     assert cache.loads == 1
     assert await asyncio.wait_for(cache.in_force(0.0), 5) == {}
     assert cache.loads == 2  # no caching at all, and no endless reloading either
+
+
+class FixedCache(ConsentCache):
+    """Every load answers `consents` (replace it to simulate a Consent written elsewhere)."""
+
+    def __init__(self, store: Store, consents: dict[str, list[PatientConsent]], max_age: float = 60) -> None:
+        super().__init__(store, max_age)
+        self.consents = consents
+        self.loads = 0
+
+    async def _load(self) -> dict[str, list[PatientConsent]]:
+        self.loads += 1
+        return self.consents
+
+
+def patients_in_force(calls: list[float], until: float = float("inf")) -> Resolve:
+    """A resolution that records when it ran and answers the patients in force."""
+
+    def resolve(in_force: dict[str, list[PatientConsent]], now: float) -> tuple[tuple[str, ...], float]:
+        calls.append(now)
+        return tuple(sorted(in_force)), until
+
+    return resolve
+
+
+Resolve = Callable[[dict[str, list[PatientConsent]], float], tuple[tuple[str, ...], float]]
+PERMIT = Provision("permit")
+
+
+async def test_a_resolution_is_kept_per_caller_until_the_time_it_may_change(store: Store) -> None:
+    cache = FixedCache(store, {"p1": [PatientConsent("c1", "p1", PERMIT, period=(100.0, 200.0))]})
+    calls: list[float] = []
+    until_150 = patients_in_force(calls, until=150.0)
+    assert await cache.resolved("doctor", 120.0, until_150) == ("p1",)
+    assert await cache.resolved("doctor", 149.0, until_150) == ("p1",)
+    assert calls == [120.0]  # the second request was answered from the memo
+    assert await cache.resolved("nurse", 149.0, until_150) == ("p1",)
+    assert calls == [120.0, 149.0]  # another caller resolves for itself
+    await cache.resolved("doctor", 150.0, until_150)
+    assert calls[-1] == 150.0  # the resolution's own boundary (a provision period) passed
+
+    forever = patients_in_force(calls)
+    assert await cache.resolved("clerk", 199.0, forever) == ("p1",)
+    assert await cache.resolved("clerk", 200.0, forever) == ()  # the consent's own period ended
+    assert calls[-2:] == [199.0, 200.0]
+    assert await cache.resolved("clerk", 150.0, forever) == ("p1",)  # the clock went back: resolved again
+    assert calls[-1] == 150.0
+
+
+async def test_a_consent_not_yet_in_force_ends_the_resolution_when_it_starts(store: Store) -> None:
+    later = PatientConsent("c2", "p2", PERMIT, not_before=300.0)
+    cache = FixedCache(store, {"p2": [later]})
+    calls: list[float] = []
+    resolve = patients_in_force(calls)
+    assert await cache.resolved("doctor", 299.0, resolve) == ()
+    assert await cache.resolved("doctor", 300.0, resolve) == ("p2",)
+    assert calls == [299.0, 300.0]
+
+
+async def test_a_changed_load_drops_every_resolution_and_an_unchanged_one_keeps_them(store: Store) -> None:
+    cache = FixedCache(store, {"p1": [PatientConsent("c1", "p1", PERMIT)]}, max_age=0)  # loads each time
+    calls: list[float] = []
+    resolve = patients_in_force(calls)
+    await cache.resolved("doctor", 1.0, resolve)
+    await cache.resolved("doctor", 2.0, resolve)
+    assert cache.loads == 2 and calls == [1.0]  # reloaded, found the same consents: memo kept
+    cache.consents = {"p3": [PatientConsent("c3", "p3", PERMIT)]}  # written on another process
+    assert await cache.resolved("doctor", 3.0, resolve) == ("p3",)
+    assert calls == [1.0, 3.0]
+
+
+async def test_a_consent_written_here_is_resolved_again_at_once(store: Store) -> None:
+    cache = FixedCache(store, {"p1": [PatientConsent("c1", "p1", PERMIT)]})
+    calls: list[float] = []
+    resolve = patients_in_force(calls)
+    await cache.resolved("doctor", 1.0, resolve)
+    cache.consents = {}
+    cache.invalidate()
+    assert await cache.resolved("doctor", 2.0, resolve) == ()
+    assert calls == [1.0, 2.0]
+
+
+async def test_the_resolutions_kept_are_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consent_store, "RESOLVED_KEPT", 3)
+    cache = FixedCache(store, {})
+    calls: list[float] = []
+    for n in range(10):
+        await cache.resolved(f"caller-{n}", 1.0, patients_in_force(calls))
+    assert len(cache._resolved) <= 3 and len(calls) == 10

@@ -10,7 +10,7 @@ import pytest
 
 from fhir_gateway.context import RequestContext
 from fhir_gateway.privacy import grants as grants_module
-from fhir_gateway.privacy.access import Grants
+from fhir_gateway.privacy.access import ConsentSet, Grants
 from fhir_gateway.privacy.consent import PatientConsent, Provision
 from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.privacy.grants import grants_for, token_grants
@@ -26,7 +26,7 @@ class FixedConsents(ConsentCache):
         super().__init__(store, 0)
         self.fixed = consents
 
-    async def in_force(self, now: float) -> dict[str, list[PatientConsent]]:
+    async def _load(self) -> dict[str, list[PatientConsent]]:
         return self.fixed
 
 
@@ -147,3 +147,23 @@ def test_a_memo_entry_of_other_settings_under_a_reused_id_is_not_served(
     other = make_settings(f"sqlite+aiosqlite:///{tmp_path}/o.db")
     grants_module._TOKEN_GRANTS[(id(settings), caller)] = (other, stale)
     assert token_grants(ctx, settings) is not stale
+
+
+def test_consents_are_indexed_by_patient_and_compare_as_their_entries() -> None:
+    deny, permit = Provision("deny"), Provision("permit")
+    found = ConsentSet([("p1", "c1", deny), ("p2", "c2", None), ("p1", "c3", permit)])
+    assert found.of("p1") == (("c1", deny), ("c3", permit)) and found.of("p9") == ()
+    assert found == (("p1", "c1", deny), ("p2", "c2", None), ("p1", "c3", permit))
+    assert found == ConsentSet(list(found)) and hash(found) == hash(ConsentSet(list(found)))
+    assert found != ["not", "a", "consent set"] and len(found) == 3 and "c3" in repr(found)
+
+
+def test_a_provision_period_bounds_how_long_a_resolution_holds(settings: Settings) -> None:
+    """A deny that starts later: resolved now it says nothing, so the answer must be redone then."""
+    timed = Provision("permit", children=(Provision("deny", period=(500.0, 900.0)),))
+    in_force = {"p1": [PatientConsent("c1", "p1", timed)]}
+    ctx = doctor(scopes=("user/*.rs",))
+    now_answer, until = grants_module._resolve_consents(in_force, ctx, 100.0, default_deny=False)
+    assert until == 500.0 and now_answer.consented == {"p1"}
+    later, until = grants_module._resolve_consents(in_force, ctx, 600.0, default_deny=False)
+    assert until == 900.0 and [(p, c) for p, c, _ in later.consents] == [("p1", "c1")]
