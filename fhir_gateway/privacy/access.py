@@ -41,7 +41,7 @@ Label = tuple[str, str]  # (system, code) of a meta.security coding
 SECURITY_PARAM = "_security"
 
 
-ConsentEntry = tuple[str, str, "Provision | None"]  # (patient, consent id, request-resolved tree)
+ConsentEntry = tuple[str, str, Provision | None]  # (patient, consent id, request-resolved tree)
 
 
 class ConsentSet:
@@ -241,16 +241,21 @@ class AccessPolicy:
     def _consent_hidden(self, res: FromClause) -> ColumnElement[bool] | None:
         g = self.grants
         hidden: list[ColumnElement[bool]] = []
+        # One condition per distinct resolved tree, over all the patients whose consents resolve
+        # to it (patients mostly share a handful of consent forms): one per consent grew the SQL
+        # with every patient, and past ~1,000 SQLite refused it ("Expression tree is too large").
+        patients_of_tree: dict[Provision | None, set[str]] = {}
         for patient, _consent_id, tree in g.consents:
-            if patient in g.consent_exempt:
-                continue
+            if patient not in g.consent_exempt:
+                patients_of_tree.setdefault(tree, set()).add(patient)
+        for tree, patients in patients_of_tree.items():
             if tree is None:
                 denied: ColumnElement[bool] = true() if g.consent_default_deny else false()
             else:
                 root = consent.matches_root_sql(tree, res)
                 default = not_(root) if g.consent_default_deny else false()
                 denied = or_(and_(root, consent.denied_sql(tree, res)), default)
-            hidden.append(and_(_in_compartment(res, frozenset({patient})), denied))
+            hidden.append(and_(_in_compartment(res, frozenset(patients)), denied))
         if g.consent_default_deny:
             ref = idx_reference.alias()
             bound = sorted(g.consented | g.consent_exempt)

@@ -237,3 +237,31 @@ def test_unrestricted_grants_filter_nothing(store_with_world: Store) -> None:
     policy = AccessPolicy(Grants.everything())
     assert not policy.restricted
     asyncio.run(_agree(store_with_world, Grants.everything()))
+
+
+@pytest.mark.parametrize("default_deny", [False, True])
+def test_thousands_of_patients_with_consents_still_give_one_answerable_condition(
+    store_with_world: Store, default_deny: bool
+) -> None:
+    """A hospital has consents on file for most patients: the search condition must not grow with
+    them (past ~1,000 terms SQLite refused the query: "Expression tree is too large")."""
+    no_observations = Provision("permit", children=(Provision("deny", classes=frozenset({"Observation"})),))
+    consents = [(f"x{n}", f"c{n}", no_observations) for n in range(3000)]
+    consents += [("p1", "c-p1", no_observations), ("p2", "c-p2", None)]
+    g = Grants(
+        {"read": None, "search": None},
+        consents=tuple(consents),
+        consented=frozenset(p for p, _, _ in consents),
+        consent_default_deny=default_deny,
+    )
+    asyncio.run(_agree(store_with_world, g))
+
+    async def observations() -> set[str]:
+        async with store_with_world.reader() as conn:
+            stmt = select(resources.c.res_id).where(
+                resources.c.res_type == "Observation", AccessPolicy(g).visible(resources)
+            )
+            return {r.res_id for r in (await conn.execute(stmt)).all()}
+
+    of_p1 = {r["id"] for r in WORLD if r["resourceType"] == "Observation" and "p1" in str(r.get("subject"))}
+    assert of_p1 and not asyncio.run(observations()) & of_p1
