@@ -34,12 +34,18 @@ class _Unit(Generic[T]):
         self.future = future
 
 
+GATHER_SECONDS = 0.002  # the longest a group waits for the senders of the previous one
+
+
 class GroupCommit:
-    def __init__(self, store: Store, *, max_batch: int = 64) -> None:
+    def __init__(self, store: Store, *, max_batch: int = 64, gather_seconds: float = GATHER_SECONDS) -> None:
         self.store = store
         self.max_batch = max_batch
+        self.gather_seconds = gather_seconds
         self._queue: deque[_Unit[Any]] = deque()
         self._drain: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
+        self._expected = 1  # the size of the last group: how many senders are keeping up
         self.groups = 0  # committed groups, for metrics and tests
         self.units = 0
 
@@ -47,6 +53,7 @@ class GroupCommit:
         """Run `work(tx)` in a shared transaction; its result once that transaction has committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append(_Unit(work, future))
+        self._arrived.set()
         if self._drain is None or self._drain.done():
             self._drain = asyncio.create_task(self._drain_queue())
         return await asyncio.shield(future)  # a caller giving up must not cancel the others' group
@@ -55,8 +62,31 @@ class GroupCommit:
         while self._queue:
             # One turn of the loop lets the submits that are ready (frames already received) join.
             await asyncio.sleep(0)
+            await self._gather()
             group = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             await self._commit(group)
+            self._expected = len(group)
+
+    async def _gather(self) -> None:
+        """Give a group that is smaller than the last one up to `gather_seconds` to fill.
+
+        Senders that wait for their ACK send their next message only after the commit: the first
+        to answer started a group of its own, the rest a second group behind it. Over MLLP with 8
+        connections groups alternated between 7 messages and 1 (3.6 per commit on average, where
+        8 callers that never wait fill groups of 8), paying a commit twice as often. A single
+        sender is never kept waiting: the last group, its own, had one message.
+        """
+        wanted = min(self._expected, self.max_batch)
+        if len(self._queue) >= wanted:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.gather_seconds
+        while len(self._queue) < wanted:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+            except TimeoutError:
+                return
 
     async def _commit(self, group: list[_Unit[Any]]) -> None:
         outcomes: list[tuple[bool, Any]] = []

@@ -146,3 +146,40 @@ async def test_a_group_holds_at_most_max_batch_submits(gateway: Gateway) -> None
 
     assert sum(await asyncio.gather(*(group.run(unit) for _ in range(5)))) == 5
     assert group.groups == 3 and group.units == 5
+
+
+async def _nothing(tx: Transaction) -> None:
+    return None
+
+
+async def test_a_group_waits_for_the_senders_of_the_last_one(gateway: Gateway) -> None:
+    """Senders that wait for their ACK come back one by one after a commit; the next group waits
+    (briefly) until as many are back as were in the last group, instead of committing the first alone."""
+    group = GroupCommit(gateway.store, gather_seconds=5.0)
+    await asyncio.gather(*(group.run(_nothing) for _ in range(4)))
+    assert (group.groups, group.units) == (1, 4)
+
+    async def late(delay: float) -> None:
+        await asyncio.sleep(delay)
+        await group.run(_nothing)
+
+    await asyncio.wait_for(asyncio.gather(*(late(d) for d in (0, 0.01, 0.02, 0.03))), 2.0)
+    assert (group.groups, group.units) == (2, 8)  # the four came back into one group
+
+
+async def test_a_lone_sender_is_not_kept_waiting(gateway: Gateway) -> None:
+    group = GroupCommit(gateway.store, gather_seconds=30.0)
+    for _ in range(3):  # each group holds one message: nobody else to wait for
+        await asyncio.wait_for(group.run(_nothing), 2.0)
+    assert (group.groups, group.units) == (3, 3)
+
+
+async def test_senders_that_stopped_cost_one_short_wait_then_none(gateway: Gateway) -> None:
+    group = GroupCommit(gateway.store, gather_seconds=0.3)
+    await asyncio.gather(*(group.run(_nothing) for _ in range(4)))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await group.run(_nothing)  # three of the four senders went quiet: the group waits out its gather time
+    assert loop.time() - started >= 0.3
+    await asyncio.wait_for(group.run(_nothing), 0.25)  # the last group had one: no wait any more
+    assert (group.groups, group.units) == (3, 6)
