@@ -47,7 +47,8 @@ class ConsentCache:
         self._invalidated = float("-inf")
         self._by_patient: InForce = {}
         self._reload: asyncio.Future[None] | None = None
-        # key → (valid from, valid until, what resolve answered); emptied whenever consents are loaded
+        self._parsed: dict[bytes, PatientConsent | None] = {}  # stored Consent → parsed, last load
+        # key → (valid from, valid until, what resolve answered); emptied when a load finds changes
         self._resolved: dict[Hashable, tuple[float, float, Any]] = {}
 
     def invalidate(self) -> None:
@@ -127,9 +128,18 @@ class ConsentCache:
     async def _load(self) -> InForce:
         async with self.store.reader(offload=True) as conn:
             rows = (await conn.execute(_ACTIVE_CONSENTS)).all()
+        # Parsed once per stored version: the periodic reload finds mostly the same consents, and
+        # parsing thousands of them every few seconds stalled the event loop each time.
+        parsed_before, self._parsed = self._parsed, {}
         by_patient: dict[str, list[PatientConsent]] = defaultdict(list)
         for row in rows:
-            parsed = parse_consent(loads(row.content, what="stored Consent"))
+            content: bytes = row.content
+            parsed = parsed_before[content] if content in parsed_before else _parse(content)
+            self._parsed[content] = parsed
             if parsed is not None:
                 by_patient[parsed.patient_id].append(parsed)
         return dict(by_patient)
+
+
+def _parse(content: bytes) -> PatientConsent | None:
+    return parse_consent(loads(content, what="stored Consent"))

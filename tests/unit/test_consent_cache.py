@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from fhir_gateway.context import RequestContext
+from fhir_gateway.gateway import Gateway
 from fhir_gateway.privacy import consent_store
 from fhir_gateway.privacy.consent import PatientConsent, Provision
 from fhir_gateway.privacy.consent_store import ConsentCache
 from fhir_gateway.store.store import Store
+from tests.conftest import make_settings, put_bundle
 
 CALLERS = 200
 
@@ -188,3 +191,47 @@ async def test_the_resolutions_kept_are_bounded(store: Store, monkeypatch: pytes
     for n in range(10):
         await cache.resolved(f"caller-{n}", 1.0, patients_in_force(calls))
     assert len(cache._resolved) <= 3 and len(calls) == 10
+
+
+TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
+
+
+def _consent(cid: str, patient: str, provision_type: str) -> dict[str, object]:
+    return {
+        "resourceType": "Consent",
+        "id": cid,
+        "status": "active",
+        "scope": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "policyRule": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]
+        },
+        "provision": {"type": provision_type},
+    }
+
+
+async def test_a_reload_parses_only_the_consents_that_changed(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/parsed.db"
+    store = Store(url)
+    await store.upgrade()
+    gateway = Gateway(make_settings(url), store)
+    system = RequestContext.system("cli")
+    patients = [{"resourceType": "Patient", "id": p} for p in ("a", "b")]
+    research = {**_consent("cr", "a", "deny"), "scope": {"coding": [{"code": "research"}]}}
+    consents = [_consent("ca", "a", "deny"), _consent("cb", "b", "deny"), research]
+    await gateway.submit(put_bundle(*patients, *consents), system)
+    cache = ConsentCache(store, 0)  # every call loads again
+    first = await cache.in_force(0.0)
+    assert [c.consent_id for c in first["a"]] == ["ca"]  # a research consent is not a privacy one
+    again = await cache.in_force(0.0)
+    assert again["a"][0] is first["a"][0] and again["b"][0] is first["b"][0]  # not parsed again
+    await gateway.submit(put_bundle(_consent("cb", "b", "permit")), system)
+    changed = await cache.in_force(0.0)
+    assert changed["a"][0] is first["a"][0]
+    assert changed["b"][0] is not first["b"][0] and changed["b"][0].root.type == "permit"
+    await store.dispose()
