@@ -122,7 +122,9 @@ class MllpServer:
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(reader.read(65536), self.settings.idle_timeout_seconds)
+                    # asyncio.timeout, not wait_for: wait_for wraps every read in a task of its own
+                    async with asyncio.timeout(self.settings.idle_timeout_seconds):
+                        data = await reader.read(65536)
                 except TimeoutError:
                     log.info("mllp_idle_timeout")
                     break
