@@ -167,3 +167,14 @@ def test_a_provision_period_bounds_how_long_a_resolution_holds(settings: Setting
     assert until == 500.0 and now_answer.consented == {"p1"}
     later, until = grants_module._resolve_consents(in_force, ctx, 600.0, default_deny=False)
     assert until == 900.0 and [(p, c) for p, c, _ in later.consents] == [("p1", "c1")]
+
+
+def test_a_token_without_roles_is_limited_by_its_scopes_alone(settings: Settings) -> None:
+    """A SMART client of an external identity provider: no roles claim, so no role narrows what
+    its scopes allow (a wildcard is not narrowed by a type-specific scope after it either); with no
+    role it has no clearance either, so nothing is readable."""
+    smart = token_grants(
+        doctor(roles=(), scopes=("user/*.c", "user/Patient.c", "user/Encounter.u")), settings
+    )
+    assert smart.types["create"] is None and smart.types["update"] == {"Encounter"}
+    assert smart.types["delete"] == frozenset() and smart.types["read"] == frozenset()
