@@ -202,6 +202,10 @@ def for_request(provision: Provision, ctx: RequestContext, now: float) -> Provis
     if provision.actions and not provision.actions & READ_ACTIONS:
         return None
     children = tuple(c for c in (for_request(c, ctx, now) for c in provision.children) if c is not None)
+    if len(children) == len(provision.children) and all(
+        new is old for new, old in zip(children, provision.children, strict=True)
+    ):
+        return provision  # nothing dropped below: the provision as it is (no copy per request)
     return Provision(**{**_fields(provision), "children": children})
 
 
