@@ -71,10 +71,11 @@ TOKEN_GRANTS_KEPT = 4096  # distinct callers remembered; the memo starts afresh 
 def token_grants(ctx: RequestContext, settings: Settings) -> Grants:
     """The Grants a caller's token gives under `settings`, before break-glass and consents.
 
-    A pure function of the token's claims and the settings, and a third of a read's policy work
-    (scope parsing, role permissions, clearance), so it is memoised per distinct caller: a client
-    sends the same token for many requests. Grants are immutable, so requests may share them.
-    The settings object is kept with its entry, so its id cannot be reused while the entry lives.
+    A pure function of the token's claims and the settings, and most of a request's policy set-up
+    (scope parsing, role permissions, clearance: 25 of 35 µs), so it is memoised per distinct
+    caller: a client sends the same token for many requests. Grants are frozen and never edited
+    once compiled (break-glass and consents `replace` them), so requests may share one. The
+    settings object is kept with its entry, so its id cannot be reused while the entry lives.
     """
     caller: Caller = (ctx.subject, ctx.scopes, ctx.roles, ctx.patient, ctx.purpose_of_use, ctx.fhir_user)
     found = _TOKEN_GRANTS.get((id(settings), caller))

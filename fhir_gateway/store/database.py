@@ -10,6 +10,10 @@ history pages) to a worker thread, where a slow query cannot stall the other req
 
 Both backends hand out `Connection` objects with one async method, `execute`, returning a buffered
 SQLAlchemy `Result`, so the store, the search runner and adapters (commit hooks) are dialect-blind.
+The hottest statements (a resource by key, buffered and one-row inserts, IN-list reads and deletes)
+go through `first_row`, `insert_row`, `write_rows` and `expanding_rows` instead: on SQLite they run
+on the sqlite3 cursor, compiled once (SQLAlchemy's per-execution work cost more than SQLite's own),
+elsewhere through SQLAlchemy as any other statement.
 """
 
 from __future__ import annotations
