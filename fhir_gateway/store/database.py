@@ -215,19 +215,19 @@ class DriverStatement:
 
 _SQLITE = sqlite_dialect.dialect()
 _EXPANDING: dict[UpdateBase | Select[Any], Any] = {}  # statement → its SQLCompiler (DriverStatement.expanded)
-_DRIVER_WRITES: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
+_DRIVER_STATEMENTS: dict[tuple[UpdateBase | Select[Any], tuple[str, ...]], DriverStatement] = {}
 
 
-def driver_statement(statement: UpdateBase, row: Mapping[str, Any]) -> DriverStatement:
-    """`statement` compiled for the parameters `row` gives (once per statement and set of keys)."""
-    key = (statement, tuple(row))
-    found = _DRIVER_WRITES.get(key)
+def driver_statement(
+    statement: UpdateBase | Select[Any], row: Mapping[str, Any] | None = None
+) -> DriverStatement:
+    """`statement` compiled once per set of keys `row` gives (an INSERT sets exactly those columns;
+    a SELECT takes its bind parameters, so no row)."""
+    key = (statement, tuple(row or ()))
+    found = _DRIVER_STATEMENTS.get(key)
     if found is None:
-        found = _DRIVER_WRITES[key] = DriverStatement(statement, key[1])
+        found = _DRIVER_STATEMENTS[key] = DriverStatement(statement, key[1])
     return found
-
-
-_DRIVER_READS: dict[Select[Any], DriverStatement] = {}
 
 
 async def first_row(
@@ -236,10 +236,7 @@ async def first_row(
     """The first row of a hot lookup by key: on SQLite the driver's plain tuple
     (InlineConnection.first), else a SQLAlchemy Row; read both by position."""
     if isinstance(conn, InlineConnection):
-        found = _DRIVER_READS.get(statement)
-        if found is None:
-            found = _DRIVER_READS[statement] = DriverStatement(statement)
-        return conn.first(found, parameters)
+        return conn.first(driver_statement(statement), parameters)
     row: Sequence[Any] | None = (await conn.execute(statement, parameters)).first()
     return row
 

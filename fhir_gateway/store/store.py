@@ -30,7 +30,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.sql import FromClause
-from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import BindParameter
 
 from fhir_gateway.errors import Conflict, ServiceUnavailable
@@ -234,7 +233,7 @@ class Transaction:
         }
         if previous is not None and previous.pk is not None:
             pk = previous.pk
-            await self._execute(_UPDATE_CURRENT, [{"key": pk, **values}])
+            await write_rows(self.conn, _UPDATE_CURRENT, [{"key": pk, **values}])
             self._stale.add(pk)
         else:
             row = {"res_type": version.res_type, "res_id": version.res_id, **values}
@@ -252,7 +251,7 @@ class Transaction:
         """Write the buffered history and index rows (stale index rows first)."""
         if self._history:
             history, self._history = self._history, []
-            await self._execute(_INSERT_HISTORY, history)
+            await write_rows(self.conn, _INSERT_HISTORY, history)
         if self._stale:
             stale, self._stale = sorted(self._stale), set()
             for clear in _CLEAR_INDEX.values():
@@ -266,11 +265,7 @@ class Transaction:
                     for r in getattr(rows, attr)
                 ]
                 if batch:
-                    await self._execute(statement, batch)
-
-    async def _execute(self, statement: UpdateBase, rows: list[dict[str, Any]]) -> None:
-        """A buffered write (see `write_rows`)."""
-        await write_rows(self.conn, statement, rows)
+                    await write_rows(self.conn, statement, batch)
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
