@@ -156,6 +156,7 @@ class Gateway:
                     if not single:
                         exc.issues[0].expression = exc.issues[0].expression or [f"Bundle.entry[{plan.index}]"]
                     raise
+            await processor.finish()
             if within is not None:
                 await within(tx, [applied[p.index] for p in writes])
             return applied
@@ -184,6 +185,7 @@ class Gateway:
                 await processor.assign_ids([plan])
                 await processor.resolve_references([plan])
                 result = await processor.apply(plan)
+                await processor.finish()
             if plan.target.res_type == "Consent":
                 self.consents.invalidate()
             return result

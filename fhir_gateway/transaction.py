@@ -24,6 +24,7 @@ from fhir_gateway.fhir.dates import format_instant
 from fhir_gateway.fhir.json import Resource, dumps, loads
 from fhir_gateway.fhir.references import iter_references, rewrite_references
 from fhir_gateway.fhir.requests import RequestTarget, check_id
+from fhir_gateway.pipeline.provenance import combine
 from fhir_gateway.pipeline.stage import Change
 from fhir_gateway.privacy.compartment import index_rows
 from fhir_gateway.store.store import StoredVersion, Transaction
@@ -106,6 +107,7 @@ class EntryProcessor:
         self.bundle = bundle
         self.aliases: dict[str, str] = {}  # fullUrl -> Type/id
         self._opened: dict[tuple[str, str, int], bytes] = {}  # decrypted versions, serialised
+        self._provenance: list[Resource] = []  # of the versions written so far, stored by `finish`
 
     async def plaintext(self, version: StoredVersion) -> Resource:
         """`Gateway.plaintext`, decrypting each stored version once per submit: the authority stage
@@ -333,13 +335,24 @@ class EntryProcessor:
             return EntryResult(200, res_type, res_id, previous, before, warnings=change.warnings)
         version = await self.store_version(change.method, res_type, res_id, change.resource, previous)
         for addition in change.additions:
-            add_type = addition["resourceType"]
-            add_id = addition.get("id") or str(uuid.uuid4())
-            await self.store_version("POST", add_type, add_id, addition, None)
+            if addition["resourceType"] == "Provenance":
+                self._provenance.append(addition)
+            else:
+                add_id = addition.get("id") or str(uuid.uuid4())
+                await self.store_version("POST", addition["resourceType"], add_id, addition, None)
         status = 201 if method != "DELETE" and (previous is None or previous.deleted) else 200
         if method == "DELETE":
             status = 204
         return EntryResult(status, res_type, res_id, version, change.resource, warnings=change.warnings)
+
+    async def finish(self) -> None:
+        """Store the Provenance of the versions written, those of one activity as one (`combine`).
+
+        Call once every entry is applied, inside the same database transaction."""
+        for provenance in combine(self._provenance):
+            add_id = provenance.get("id") or str(uuid.uuid4())
+            await self.store_version("POST", "Provenance", add_id, provenance, None)
+        self._provenance.clear()
 
     async def _unchanged_base(self, change: Change, previous: StoredVersion | None) -> Resource | None:
         """The previous content, when this change could be a no-op update (else None)."""

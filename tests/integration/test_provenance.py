@@ -187,6 +187,54 @@ async def test_a_transaction_gives_every_entry_its_provenance_and_links_the_clie
         assert bundle_entity in ours["entity"] and bundle_entity in for_patient["entity"]
 
 
+async def test_one_activity_of_a_transaction_is_one_provenance_unless_labels_or_patient_differ(
+    db: Database,
+) -> None:
+    async with serve(db) as (client, _):
+        restricted = [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]
+        bodies = [
+            {"resourceType": "Patient", "gender": "male"},
+            {"resourceType": "Patient", "gender": "female"},
+            {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}},
+            {"resourceType": "Observation", "status": "final", "code": {"text": "height"}},
+            {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"}},
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "note"},
+                "meta": {"security": restricted},
+            },
+        ]
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "identifier": {"system": "urn:example:batch", "value": "b-18"},
+            "entry": [
+                {"resource": b, "request": {"method": "POST", "url": b["resourceType"]}} for b in bodies
+            ],
+        }
+        r = await client.post("/fhir", json=bundle)
+        assert r.status_code == 200, r.text
+        refs = [e["response"]["location"].split("/_history")[0] for e in r.json()["entry"]]
+        [first_patient] = await provenance_of(client, refs[0])
+        [second_patient] = await provenance_of(client, refs[1])
+        [plain] = await provenance_of(client, refs[2])
+        [labelled] = await provenance_of(client, refs[5])
+        # Each Patient's Provenance is its own: it sits in that patient's compartment.
+        assert first_patient["target"] == [{"reference": f"{refs[0]}/_history/1"}]
+        assert second_patient["target"] == [{"reference": f"{refs[1]}/_history/1"}]
+        # The three unlabelled Observations share one Provenance, naming the Bundle once.
+        assert [t["reference"] for t in plain["target"]] == [f"{ref}/_history/1" for ref in refs[2:5]]
+        assert [await provenance_of(client, ref) for ref in refs[3:5]] == [[plain], [plain]]
+        assert plain["entity"] == [
+            {"role": "source", "what": {"identifier": bundle["identifier"], "display": "submitted Bundle"}}
+        ]
+        # The restricted one keeps its own, as restricted as its target.
+        assert labelled["target"] == [{"reference": f"{refs[5]}/_history/1"}]
+        assert "R" in {c["code"] for c in labelled["meta"]["security"]}
+        assert "R" not in {c["code"] for c in plain["meta"]["security"]}
+
+
 async def test_hl7v2_message_provenance_links_the_message_and_its_evn_provenance(db: Database) -> None:
     async with serve(db) as (client, _):
         assert await send(client, adt("C1", app="REG")) == "AA"

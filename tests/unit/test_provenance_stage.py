@@ -12,6 +12,7 @@ from fhir_gateway.pipeline.provenance import (
     SUBMISSION_SYSTEM,
     ProvenanceStage,
     agent_for,
+    combine,
     provenance_stage,
     source_of,
     unversioned,
@@ -222,3 +223,76 @@ def test_sources_and_references() -> None:
 
 def test_the_factory_needs_no_settings() -> None:
     assert isinstance(provenance_stage(Settings()), ProvenanceStage)
+
+
+# --- combine: one Provenance per activity of a submit -------------------------------------------
+
+
+async def built(*changes: Change, ctx: RequestContext = HL7) -> list[dict[str, Any]]:
+    stage = ProvenanceStage(clock=lambda: 0.0)
+    for c in changes:
+        await stage(c, ctx)
+    return [a for c in changes for a in c.additions]
+
+
+async def test_updates_of_one_message_fold_into_one_provenance_keeping_each_revision() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "entry": [{"resource": {"resourceType": "MessageHeader", "id": "mh1"}}],
+    }
+    old_1 = stored({"resourceType": "Observation", "id": "o1"}, 2)
+    old_2 = stored({"resourceType": "Observation", "id": "o2"}, 5)
+    [folded] = combine(
+        await built(
+            change("PUT", {"resourceType": "Observation", "id": "o1"}, old_1, bundle),
+            change("PUT", {"resourceType": "Observation", "id": "o2"}, old_2, bundle, res_id="o2"),
+        )
+    )
+    assert folded["target"] == [
+        {"reference": "Observation/o1/_history/3"},
+        {"reference": "Observation/o2/_history/6"},
+    ]
+    sources = [e for e in folded["entity"] if e["role"] == "source"]
+    revisions = [e["what"]["reference"] for e in folded["entity"] if e["role"] == "revision"]
+    assert len(sources) == 1 and sources[0]["what"]["reference"] == "MessageHeader/mh1"
+    assert revisions == ["Observation/o1/_history/2", "Observation/o2/_history/5"]
+
+
+async def test_different_operations_policies_labels_or_patients_are_not_folded() -> None:
+    bundle = {"resourceType": "Bundle"}
+    previous = stored({"resourceType": "Observation", "id": "o2"})
+    provenances = await built(
+        change("POST", {"resourceType": "Observation", "id": "o1"}, None, bundle),
+        change("PUT", {"resourceType": "Observation", "id": "o2"}, previous, bundle, res_id="o2"),
+        change("POST", {"resourceType": "Observation", "id": "o3"}, None, bundle, res_id="o3"),
+        change(
+            "POST",
+            {"resourceType": "Observation", "id": "o4", "meta": {"security": [RESTRICTED]}},
+            None,
+            bundle,
+            res_id="o4",
+        ),
+        change(
+            "POST", {"resourceType": "Patient", "id": "p1"}, None, bundle, res_type="Patient", res_id="p1"
+        ),
+        change(
+            "POST", {"resourceType": "Patient", "id": "p2"}, None, bundle, res_type="Patient", res_id="p2"
+        ),
+        change("POST", {"resourceType": "Observation", "id": "o5"}, None, bundle, res_id="o5"),
+    )
+    provenances[2]["policy"] = ["http://example.org/authority#primary"]  # as the authority stage records
+    folded = combine(provenances)
+    assert [p["id"] for p in folded] == [p["id"] for p in provenances[:6]]
+    assert [t["reference"] for t in folded[0]["target"]] == [
+        "Observation/o1/_history/1",
+        "Observation/o5/_history/1",
+    ]
+    assert all(len(p["target"]) == 1 for p in folded[1:])
+
+
+def test_combine_keeps_a_provenance_without_targets_or_entities() -> None:
+    bare = {"resourceType": "Provenance", "id": "a", "recorded": "2024-01-01T00:00:00Z"}
+    twin = {**bare, "id": "b", "entity": [{"role": "source", "what": {"reference": "Bundle/x"}}]}
+    [folded] = combine([bare, twin])
+    assert folded["id"] == "a" and folded["target"] == []
+    assert folded["entity"] == twin["entity"]
