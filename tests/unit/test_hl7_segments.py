@@ -251,7 +251,14 @@ def test_specimen_edges_are_warnings_naming_the_field() -> None:
         valid(mapped("ORU^R01", OBR, seg("SPM", f1="1", f4="BLD^Blood^HL70487", f17="20240301"))), "Specimen"
     )
     assert undated["collection"] == {"collectedDateTime": "2024-03-01"}
-    assert undated["id"] != one(valid(mapped("ORU^R01", OBR, "SPM|1|||BLD^Blood", n=2)), "Specimen")["id"]
+    # Without an id, a specimen is its order group's: the same order's in the next message is the
+    # same Specimen (a corrected result updates it), another order's or another SPM-1's is not.
+    assert undated["id"] == one(valid(mapped("ORU^R01", OBR, "SPM|1|||BLD^Blood", n=2)), "Specimen")["id"]
+    other_order = OBR.replace("F1^LAB", "F2^LAB")
+    assert undated["id"] != one(valid(mapped("ORU^R01", other_order, "SPM|1|||BLD^Blood")), "Specimen")["id"]
+    assert undated["id"] != one(valid(mapped("ORU^R01", OBR, "SPM|2|||BLD^Blood")), "Specimen")["id"]
+    heading = one(valid(mapped("OUL^R22", "SPM|1|||BLD^Blood", OBR)), "Specimen")
+    assert heading["id"] != one(valid(mapped("OUL^R22", "SPM|1|||BLD^Blood", OBR, n=2)), "Specimen")["id"]
 
 
 def test_specimen_first_structures_are_those_of_the_v2_definitions() -> None:

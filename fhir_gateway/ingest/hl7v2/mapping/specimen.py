@@ -9,7 +9,11 @@ order groups that follow it until the next SPM or PID. OBX directly after an SPM
 about the specimen (IG ORU_R01 SPECIMEN_OBSERVATION: Observation.focus).
 
 The id is the filler-assigned specimen id (SPM-2.2), else the placer's (SPM-2.1), else the accession
-id (SPM-30), with its namespace; without any of them it is scoped to the message.
+id (SPM-30), with its namespace. Without any of them, an SPM that closes an order group is scoped to
+that group's report (else its order) by SPM-1 and the specimen type, as its OBX are: a corrected
+result for the same order updates the same Specimen instead of adding one per message (and a new
+version of every result pointing at it). A specimen-first SPM, which has no order yet, is scoped to
+the message.
 """
 
 from __future__ import annotations
@@ -80,14 +84,23 @@ def map_spm(seg: Segment, ctx: MapContext) -> None:
         "note",
         [{"text": t} for t in (seg.value(14, rep=i) for i in range(len(seg.field(14)))) if t],
     )
-    source = filler or placer or accession
+    specimen = ctx.keep(specimen, _specimen_id(seg, ctx, filler or placer or accession))
+    _link(specimen, ctx)
+
+
+def _specimen_id(seg: Segment, ctx: MapContext, source: Json | None) -> str:
     if source is not None:
         authority = (source.get("assigner") or {}).get("display") or ctx.source
-        res_id = stable_id("Specimen", authority, source["value"])
-    else:
-        res_id = ctx.message_id("Specimen", seg)
-    specimen = ctx.keep(specimen, res_id)
-    _link(specimen, ctx)
+        return stable_id("Specimen", authority, source["value"])
+    owner = ctx.report or ctx.order
+    if owner is None or _specimen_first(ctx):
+        return ctx.message_id("Specimen", seg)
+    return stable_id("Specimen", f"{owner['resourceType']}/{owner['id']}", f"{seg.value(1)}|{seg.value(4)}")
+
+
+def _specimen_first(ctx: MapContext) -> bool:
+    m = ctx.message
+    return tables.structure(m.message_code, m.trigger, m.structure) in tables.SPECIMEN_FIRST_STRUCTURES
 
 
 def _collection(seg: Segment, ctx: MapContext) -> Json:
@@ -125,9 +138,7 @@ def _link(specimen: Json, ctx: MapContext) -> None:
     ref = ctx.ref(specimen)
     ctx.specimen = specimen
     ctx.last = specimen
-    m = ctx.message
-    structure = tables.structure(m.message_code, m.trigger, m.structure)
-    ctx.specimen_header = structure in tables.SPECIMEN_FIRST_STRUCTURES
+    ctx.specimen_header = _specimen_first(ctx)
     if ctx.specimen_header:  # a new specimen group: the order groups before it are closed
         ctx.order = ctx.report = None
         ctx.group_specimens = []
