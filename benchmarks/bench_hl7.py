@@ -8,25 +8,31 @@ fresh MSH-10 so none is an idempotent duplicate):
 2. floor: a raw SQLite insert + commit per message (stdlib sqlite3, WAL) — what one durable write
    per message costs on this disk, with no FHIR work at all;
 3. ingest: messages/min committed through `Receiver.receive` (parse → map → Gateway.submit →
-   idempotency row) on SQLite, with C concurrent callers;
+   idempotency row) on SQLite (or `--database-url`), with C concurrent callers;
 4. MLLP: N concurrent connections (python-hl7's asyncio MLLP client when installed, else the same
    framing over asyncio streams) pushing the corpus in a loop from a separate process (a load
    generator sharing the server's GIL would slow the server it measures); committed messages/min
    and ACK latency p50/p99.
 
 The last line is the tokenizer ratio (target ≥ 10×). Not a test: it prints, it never asserts.
-Usage: python benchmarks/bench_hl7.py [--messages 400] [--connections 8]
+Usage: python benchmarks/bench_hl7.py [--messages 400] [--connections 8] [--database-url URL]
+
+With `--database-url postgresql+asyncpg://...` steps 3 and 4 run on PostgreSQL instead, each in a
+schema of its own that is dropped afterwards; the floor stays SQLite's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import sqlite3
 import statistics
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +109,36 @@ def bench_floor(n: int, directory: Path) -> float:
     return n / elapsed * 60
 
 
-async def bench_ingest(texts: list[str], n: int, concurrency: int, directory: Path) -> tuple[float, int]:
-    directory = directory / f"ingest{concurrency}"
-    directory.mkdir()
-    settings = load_settings(
-        None, environ={}, overrides={"database_url": f"sqlite+aiosqlite:///{directory}/i.db"}
-    )
+@contextlib.asynccontextmanager
+async def fresh_database(database_url: str | None, directory: Path, name: str) -> AsyncIterator[str]:
+    """An empty database for one step: a SQLite file under `directory`, or a new PostgreSQL schema
+    in `database_url`'s database (dropped afterwards)."""
+    if database_url is None:
+        folder = directory / name
+        folder.mkdir()
+        yield f"sqlite+aiosqlite:///{folder}/{name}.db"
+        return
+    import asyncpg
+
+    schema = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{database_url}?search_path={schema}"
+    finally:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+
+async def bench_ingest(
+    texts: list[str], n: int, concurrency: int, directory: Path, database_url: str | None
+) -> tuple[float, int]:
+    async with fresh_database(database_url, directory, f"ingest{concurrency}") as url:
+        return await _ingest(texts, n, concurrency, url)
+
+
+async def _ingest(texts: list[str], n: int, concurrency: int, url: str) -> tuple[float, int]:
+    settings = load_settings(None, environ={}, overrides={"database_url": url})
     runtime = Runtime(settings)
     await runtime.start()
     settle_heap()  # as `fhir-gateway serve` does before it accepts work
@@ -173,11 +203,14 @@ def _sender_process(port: int, sessions: list[list[str]], results: Any) -> None:
 
 
 async def bench_mllp(
-    texts: list[str], n: int, connections: int, directory: Path
+    texts: list[str], n: int, connections: int, directory: Path, database_url: str | None
 ) -> tuple[float, float, float]:
-    settings = load_settings(
-        None, environ={}, overrides={"database_url": f"sqlite+aiosqlite:///{directory}/m.db"}
-    )
+    async with fresh_database(database_url, directory, "mllp") as url:
+        return await _mllp(texts, n, connections, url)
+
+
+async def _mllp(texts: list[str], n: int, connections: int, url: str) -> tuple[float, float, float]:
+    settings = load_settings(None, environ={}, overrides={"database_url": url})
     runtime = Runtime(settings)
     await runtime.start()
     settle_heap()
@@ -204,7 +237,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--database-url", help="PostgreSQL URL for the ingest and MLLP steps")
     args = parser.parse_args()
+    db = args.database_url
     configure_logging("INFO")  # as the server does: debug lines would cost the server time
     texts = corpus()
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,11 +248,12 @@ def main() -> None:
         print(f"tokenize: ours {ours * 1e6:.0f} µs/msg, hl7apy {theirs * 1e3:.2f} ms/msg ({used} messages)")
         print(f"tokenizer-only rate: {60 / ours:,.0f} msg/min")
         print(f"raw SQLite insert+commit floor: {bench_floor(args.messages, directory):,.0f} msg/min")
-        rate, accepted = asyncio.run(bench_ingest(texts, args.messages, 1, directory))
+        print(f"ingest and MLLP on {'PostgreSQL' if db else 'SQLite'}:")
+        rate, accepted = asyncio.run(bench_ingest(texts, args.messages, 1, directory, db))
         print(f"ingest via receiver, 1 caller: {rate:,.0f} msg/min ({accepted} accepted)")
-        rate, accepted = asyncio.run(bench_ingest(texts, args.messages, args.connections, directory))
+        rate, accepted = asyncio.run(bench_ingest(texts, args.messages, args.connections, directory, db))
         print(f"ingest via receiver, {args.connections} callers: {rate:,.0f} msg/min ({accepted} accepted)")
-        rate, p50, p99 = asyncio.run(bench_mllp(texts, args.messages, args.connections, directory))
+        rate, p50, p99 = asyncio.run(bench_mllp(texts, args.messages, args.connections, directory, db))
         print(
             f"MLLP {args.connections} connections: {rate:,.0f} msg/min, ACK p50 {p50:.1f} ms p99 {p99:.1f} ms"
         )
