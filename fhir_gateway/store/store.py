@@ -135,6 +135,8 @@ _INSERT_CURRENT = insert(resources).returning(resources.c.pk)
 _INSERT_CURRENT_ROW = insert(resources)
 _UPDATE_CURRENT = update(resources).where(resources.c.pk == bindparam("key"))
 _INSERT_HISTORY = insert(resource_history)
+PK_BLOCK = 32  # pks taken from the sequence at a time (PostgreSQL; Transaction)
+_NEXT_PKS = text("SELECT nextval(pg_get_serial_sequence('resources', 'pk')) FROM generate_series(1, :n)")
 _CLEAR_INDEX = {name: delete(t).where(t.c.res_pk.in_(_KEYS)) for name, t in INDEX_TABLES.items()}
 _INSERT_INDEX = {name: insert(t) for name, t in INDEX_TABLES.items()}
 
@@ -159,25 +161,50 @@ async def database_errors() -> AsyncIterator[None]:
         raise
 
 
+class PkBlocks:
+    """Primary keys for new current rows on PostgreSQL, taken from the table's sequence `PK_BLOCK`
+    at a time (one round trip per block) and shared by the transactions of one Store. A sequence
+    never hands out a value twice, whatever becomes of the transaction that took it, so sharing is
+    safe; a key taken by a transaction that rolled back is a gap, as a rolled-back insert leaves."""
+
+    def __init__(self) -> None:
+        self._free: list[int] = []
+
+    async def take(self, conn: Connection) -> int:
+        if not self._free:
+            taken = await conn.execute(_NEXT_PKS, {"n": PK_BLOCK})
+            self._free.extend(sorted((int(pk) for (pk,) in taken.all()), reverse=True))
+        return self._free.pop()
+
+
 class Transaction:
     """The write side of one submit (or of a group of them): reads see the transaction's own writes.
 
-    The current-version row is written at once (its pk is needed, and `current()` must see it), but
-    history rows and index rows are buffered and written by `flush()` with one executemany per
+    History rows and index rows are buffered and written by `flush()` with one executemany per
     table, and the index rows a resource had before are cleared with one DELETE per table for all
     updated resources: a corpus HL7 message touches ~14 resources, so this turns ~60 statements
     into ~25. Everything that reads history or index tables inside the transaction must flush first:
     `select()` does, `Store.transaction()` does before committing, and savepoints keep the buffers
-    consistent with what they roll back.
+    consistent with what they roll back (`current()` answers from memory for what is buffered).
+
+    Current-version rows: on SQLite each is written at once (a driver call, whose rowid is the pk).
+    On PostgreSQL each was a round trip of its own (INSERT ... RETURNING pk, or an UPDATE), 5.3 per
+    HL7 message; there the pks of new rows come from `PkBlocks`, and the rows are buffered and
+    written with one executemany each for inserts and updates at the end of each savepoint (so a
+    unique-key clash with a concurrent writer fails that unit, not its whole group) and in `flush()`.
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, pks: PkBlocks | None = None) -> None:
         self.conn = conn
+        self._pks = pks or PkBlocks()
         # SQLite: the buffered writes go to the driver directly (InlineConnection.write)
         self._inline = conn if isinstance(conn, InlineConnection) else None
         self._history: list[dict[str, Any]] = []
         self._stale: set[int] = set()  # resource pks whose already-stored index rows must go
         self._rows: dict[int, tuple[str, IndexRows]] = {}  # pk -> the index rows to insert
+        # PostgreSQL: current rows to insert and to update, by pk; pks taken from the sequence
+        self._inserts: dict[int, dict[str, Any]] = {}
+        self._updates: dict[int, dict[str, Any]] = {}
         # Current rows already read (prefetch) or written in this transaction: (type, id) -> version.
         self._known: dict[tuple[str, str], StoredVersion | None] = {}
         # The PHI sealer (crypto/service.py) for the key ring as this transaction found it: read
@@ -233,11 +260,20 @@ class Transaction:
         }
         if previous is not None and previous.pk is not None:
             pk = previous.pk
-            await write_rows(self.conn, _UPDATE_CURRENT, [{"key": pk, **values}])
+            if self._inline is not None:
+                await write_rows(self.conn, _UPDATE_CURRENT, [{"key": pk, **values}])
+            elif pk in self._inserts:  # created earlier in this transaction: insert the latest
+                self._inserts[pk] = {**self._inserts[pk], **values}
+            else:
+                self._updates[pk] = {"key": pk, **values}
             self._stale.add(pk)
         else:
             row = {"res_type": version.res_type, "res_id": version.res_id, **values}
-            pk = await insert_row(self.conn, _INSERT_CURRENT_ROW, row, returning=_INSERT_CURRENT)
+            if self._inline is not None:
+                pk = await insert_row(self.conn, _INSERT_CURRENT_ROW, row, returning=_INSERT_CURRENT)
+            else:
+                pk = await self._pks.take(self.conn)
+                self._inserts[pk] = {"pk": pk, **row}
         self._known[(version.res_type, version.res_id)] = replace(version, pk=pk, method="")
         self._history.append(
             {"res_type": version.res_type, "res_id": version.res_id, "method": version.method, **values}
@@ -247,8 +283,18 @@ class Transaction:
         else:
             self._rows.pop(pk, None)
 
+    async def flush_current(self) -> None:
+        """Write the buffered current rows (PostgreSQL; on SQLite there are none)."""
+        if self._inserts:
+            inserts, self._inserts = list(self._inserts.values()), {}
+            await write_rows(self.conn, _INSERT_CURRENT_ROW, inserts)
+        if self._updates:
+            updates, self._updates = list(self._updates.values()), {}
+            await write_rows(self.conn, _UPDATE_CURRENT, updates)
+
     async def flush(self) -> None:
-        """Write the buffered history and index rows (stale index rows first)."""
+        """Write the buffered current, history and index rows (stale index rows before new ones)."""
+        await self.flush_current()
         if self._history:
             history, self._history = self._history, []
             await write_rows(self.conn, _INSERT_HISTORY, history)
@@ -274,14 +320,22 @@ class Transaction:
         Plain SAVEPOINT statements under one fixed name (savepoints here are never nested, see
         store/group.py): SQLAlchemy's begin_nested() compiles a new statement for every savepoint name.
         """
-        saved = (len(self._history), set(self._stale), dict(self._rows), dict(self._known))
+        saved = (
+            len(self._history),
+            set(self._stale),
+            dict(self._rows),
+            dict(self._known),
+            dict(self._inserts),
+            dict(self._updates),
+        )
         await self._control(_SAVEPOINT)
         try:
             yield
+            await self.flush_current()
         except BaseException:
             await self._control(_ROLLBACK_TO_SAVEPOINT)
             del self._history[saved[0] :]
-            self._stale, self._rows, self._known = saved[1], saved[2], saved[3]
+            self._stale, self._rows, self._known, self._inserts, self._updates = saved[1:]
             raise
         await self._control(_RELEASE_SAVEPOINT)
 
@@ -320,6 +374,7 @@ class Store:
         self.sqlite = self.database.dialect_name == "sqlite"
         # SQLite has one writer; serialising writers in-process avoids busy-waiting on the file lock.
         self._write_lock = asyncio.Lock() if self.sqlite else None
+        self._pks = PkBlocks()
 
     async def upgrade(self) -> None:
         async with database_errors():
@@ -341,12 +396,12 @@ class Store:
         async with database_errors():
             if self._write_lock is None:
                 async with self.database.begin() as conn:
-                    tx = Transaction(conn)
+                    tx = Transaction(conn, self._pks)
                     yield tx
                     await tx.flush()
             else:
                 async with self._write_lock, self.database.begin() as conn:
-                    tx = Transaction(conn)
+                    tx = Transaction(conn, self._pks)
                     yield tx
                     await tx.flush()
 
