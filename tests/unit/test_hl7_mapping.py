@@ -350,7 +350,10 @@ def test_vxu_rxa_rxr_to_immunization() -> None:
     assert (
         imm["primarySource"] is True and imm["lotNumber"] == "LOT9" and imm["expirationDate"] == "2025-12-31"
     )
-    assert imm["doseQuantity"]["value"] == 0.5 and imm["manufacturer"] == {"display": "Merck"}
+    assert imm["doseQuantity"]["value"] == 0.5 and imm["manufacturer"] == {
+        "identifier": {"system": "http://terminology.hl7.org/CodeSystem/MVX", "value": "MSD"},
+        "display": "Merck",
+    }
     assert imm["route"]["coding"][0]["code"] == "IM" and imm["site"]["coding"][0]["code"] == "LA"
 
 
@@ -622,7 +625,7 @@ def test_observation_edges() -> None:
     assert adt_obs["id"] == stable_id("Observation", patient_key, "29463-7|LN||1|2024-03-01")
     undated = mapped("ADT^A08", "OBX|1|DT|X^Y||2024-13-45", "OBX|2|SN|X^Z||abc", "OBX|3|CQ|Q^Q||5^mg")
     first, second, third = resources(undated, "Observation")
-    assert first["valueString"] == "2024-13-45" and "value" not in str(second.keys())
+    assert first["valueString"] == "2024-13-45" and second["valueString"] == "abc"  # IG: SN else string
     assert third["valueQuantity"]["value"] == 5
     assert {(i.code, i.location) for i in undated.issues} == {("102", "OBX-5")}
     result = mapped(

@@ -78,6 +78,7 @@ class MapContext:
     last: Resource | None = None  # the resource the previous segment produced (NTE, RXR attach here)
     pending_orc: Segment | None = None  # an ORC no detail segment (OBR, RXO, RXE, RXA) has used yet
     group_orc: Segment | None = None  # the ORC of the current order group
+    pending_timing: list[Segment] = field(default_factory=list)  # TQ1 between an ORC and its RXO/RXE
     document_text: list[str] = field(default_factory=list)  # OBX text lines of the current TXA
     mapped: int = 0  # segments that produced something
 

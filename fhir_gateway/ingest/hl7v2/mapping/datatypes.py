@@ -137,13 +137,20 @@ def codeable(rep: Rep | None) -> Json | None:
 
 
 def code_in(rep: Rep | None, table: str) -> Json | None:
-    """An ID/IS value (or the code of a CWE) as a CodeableConcept in the v2 table's code system."""
+    """An ID/IS value (or the code of a CWE) as a CodeableConcept in the v2 table's code system.
+
+    A CWE whose coding system (component 3) is a known external one keeps it (IG CWE[CodeableConcept]):
+    a CDC VXU sends RXR-1 route as C28161^Intramuscular^NCIT, which is no code of table 0162."""
     if not rep:
         return None
     code = comp(rep, 1)
     if not code:
         return None
-    c: Json = {"system": tables.V2_SYSTEM.format(table=table), "code": code}
+    named = tables.coding_system(comp(rep, 3))
+    table_system = tables.V2_SYSTEM.format(table=table)
+    if named and named != table_system:
+        return codeable(rep)
+    c: Json = {"system": table_system, "code": code}
     put(c, "display", comp(rep, 2))
     return {"coding": [c]}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fhir_gateway.fhir.ids import stable_id
 from fhir_gateway.ingest.hl7v2.er7 import Segment
 from fhir_gateway.ingest.hl7v2.mapping import tables
-from fhir_gateway.ingest.hl7v2.mapping.context import MapContext, Reference
+from fhir_gateway.ingest.hl7v2.mapping.context import DATA_TYPE_ERROR, MapContext, Reference
 from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     Json,
     Rep,
@@ -24,6 +24,7 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     date_time,
     human_name,
     identifier,
+    number,
     period,
     put,
 )
@@ -36,9 +37,25 @@ PARTICIPANTS = (
     (8, "REF", "referrer"),
     (9, "CON", "consultant"),
     (17, "ADM", "admitter"),
+    (52, "PART", "Participation"),  # other healthcare provider
 )
-# PV1 field → Encounter.location status (assigned, prior, temporary, pending, prior temporary)
-LOCATIONS = ((3, "active"), (6, "completed"), (11, "active"), (42, "planned"), (43, "completed"))
+# PV1 field → Encounter.location status (assigned, prior, temporary, pending, prior temporary); the
+# assigned location of a pre-admit (PV1-2 P) is only planned (IG PV1[Encounter]).
+LOCATIONS = ((3, "active"), (6, "completed"), (11, "active"), (42, "reserved"), (43, "completed"))
+# PV1 field → Encounter.hospitalization element (CWE[CodeableConcept], the field's v2 table)
+HOSPITALIZATION = (
+    (14, "admitSource", "0023"),
+    (13, "reAdmission", "0092"),
+    (36, "dischargeDisposition", "0112"),
+)
+HOSPITALIZATION_LISTS = (
+    (15, "specialArrangement", "0009"),
+    (16, "specialCourtesy", "0099"),
+    (38, "dietPreference", "0114"),
+)
+PLANNED_START = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedStartDate"
+PLANNED_END = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedEndDate"
+UCUM = "http://unitsofmeasure.org"
 
 
 def map_pv1(seg: Segment, ctx: MapContext) -> None:
@@ -48,11 +65,8 @@ def map_pv1(seg: Segment, ctx: MapContext) -> None:
     patient_class = seg.value(2).upper()
     mapped_class = tables.PATIENT_CLASS_0004.get(patient_class)
     if mapped_class:
-        encounter["class"] = {
-            "system": tables.V3_ACT_CODE,
-            "code": mapped_class[0],
-            "display": mapped_class[1],
-        }
+        system, code, display = mapped_class
+        encounter["class"] = {"system": system, "code": code, "display": display}
     elif patient_class:
         encounter["class"] = {"system": tables.V2_SYSTEM.format(table="0004"), "code": patient_class}
     else:
@@ -68,6 +82,7 @@ def map_pv1(seg: Segment, ctx: MapContext) -> None:
         if vn is not None:
             vn.setdefault("type", {"coding": [{"system": tables.IDENTIFIER_TYPE_SYSTEM, "code": "VN"}]})
             ids.append(vn)
+    ids.extend(i for i in (identifier(r) for r in seg.repetitions(50)) if i)  # alternate visit ids
     pre = identifier(seg.field(5)[0]) if seg.has(5) else None
     put(encounter, "identifier", ids)
     put(encounter, "type", [c for c in (code_in(r, "0007") for r in seg.repetitions(4)) if c])
@@ -84,14 +99,18 @@ def map_pv1(seg: Segment, ctx: MapContext) -> None:
     for fld, status in LOCATIONS:
         where = location(seg.field(fld)[0], ctx) if seg.has(fld) else None
         if where:
-            locations.append({"location": where, "status": status})
+            planned = fld == 3 and patient_class == "P"
+            locations.append({"location": where, "status": "planned" if planned else status})
     put(encounter, "location", locations)
     hosp: Json = {}
     if pre:
         hosp["preAdmissionIdentifier"] = pre
-    put(hosp, "admitSource", code_in(seg.field(14)[0], "0023") if seg.has(14) else None)
-    put(hosp, "reAdmission", code_in(seg.field(13)[0], "0092") if seg.has(13) else None)
-    put(hosp, "dischargeDisposition", code_in(seg.field(36)[0], "0112") if seg.has(36) else None)
+    for fld, key, table in HOSPITALIZATION:
+        put(hosp, key, code_in(seg.field(fld)[0], table) if seg.has(fld) else None)
+    for fld, key, table in HOSPITALIZATION_LISTS:
+        put(hosp, key, [c for c in (code_in(r, table) for r in seg.repetitions(fld)) if c])
+    destination = seg.value(37, 2) or seg.value(37)  # DLD-1 discharge location (code ^ text)
+    put(hosp, "destination", {"display": destination} if destination else None)
     put(encounter, "hospitalization", hosp)
     if visit:
         enc_id = stable_id("Encounter", authority(visit, 4) or ctx.source, comp(visit, 1))
@@ -114,14 +133,41 @@ def _status(trigger: str, code: str, start: str | None, end: str | None) -> str:
 
 
 def map_pv2(seg: Segment, ctx: MapContext) -> None:
-    """PV2-3 admit reason → Encounter.reasonCode; PV2-12 visit description → Encounter.text-less note."""
+    """PV2 adds to the Encounter its PV1 made (IG PV2[Encounter]): PV2-3 admit reason → reasonCode,
+    PV2-8/9 expected admit/discharge → the R5 plannedStartDate/plannedEndDate extensions, PV2-11
+    actual length of stay → length (days), PV2-13 referral source → a referrer participant,
+    PV2-25 visit priority → priority (v3 ActPriority)."""
     if ctx.encounter is None or ctx.last is None or ctx.last.get("resourceType") != "Encounter":
         return
+    encounter = ctx.last
     reason = codeable(seg.field(3)[0]) if seg.has(3) else None
     if reason:
-        ctx.last.setdefault("reasonCode", []).append(reason)
-    priority = code_in(seg.field(25)[0], "0217") if seg.has(25) else None
-    put(ctx.last, "priority", priority)
+        encounter.setdefault("reasonCode", []).append(reason)
+    for fld, url in ((8, PLANNED_START), (9, PLANNED_END)):
+        when = ctx.when(seg, fld)
+        if when:
+            encounter.setdefault("extension", []).append({"url": url, "valueDateTime": when})
+    days = number(seg.value(11))
+    if days is not None:
+        encounter["length"] = {"value": days, "unit": "days", "system": UCUM, "code": "d"}
+    elif seg.value(11):
+        ctx.warn(seg, 11, DATA_TYPE_ERROR, "PV2-11 (actual length of stay) is not a number; ignored")
+    for rep in seg.repetitions(13):
+        who = practitioner(rep, ctx)
+        if who:
+            kind = {"coding": [{"system": PARTICIPATION, "code": "REF", "display": "referrer"}]}
+            encounter.setdefault("participant", []).append({"type": [kind], "individual": who})
+    put(encounter, "priority", _priority(next(iter(seg.repetitions(25)), None)))
+
+
+def _priority(rep: Rep | None) -> Json | None:
+    """PV2-25 (table 0217) → v3 ActPriority (ConceptMap EncounterPriority), the v2 code beside it."""
+    concept = code_in(rep, "0217")
+    v3 = tables.VISIT_PRIORITY_0217.get(comp(rep, 1)) if rep else None
+    if concept is None or v3 is None:
+        return concept
+    translated = {"system": tables.ACT_PRIORITY, "code": v3[0], "display": v3[1]}
+    return {"coding": [translated, *concept["coding"]]}
 
 
 def relationship(rep: Rep) -> Json | None:

@@ -1,9 +1,12 @@
 """OBX → Observation typed by OBX-2 (IG: Segment OBX to Observation); NTE → annotations.
 
 OBX-2 decides value[x]: NM → valueQuantity (OBX-6 units), CE/CWE/CNE/CF → valueCodeableConcept,
-SN → valueQuantity with comparator, valueRange or valueRatio, DT/DTM/TS → valueDateTime, TM →
-valueTime, ST/TX/FT (and anything textual) → valueString; ED/RP → an attachment on the report (R4
-Observation has no attachment value). OBX after a TXA is document content, not an Observation.
+SN → valueQuantity with comparator, valueRange or valueRatio (else, e.g. `^2^+`, valueString), DT/DTM/
+TS → valueDateTime, DR → valuePeriod, NR → valueRange, TM → valueTime, ST/TX/FT (and anything
+textual) → valueString; ED/RP → an attachment on the report (R4 Observation has no attachment value).
+OBX-19 (date/time of the analysis) is the IG's observation-analysis-date-time extension, not
+`issued`: the result is issued with its report (OBR-22). OBX after a TXA is document content, not
+an Observation.
 The Observation id is derived from its report (or patient) and OBX-3/OBX-4/OBX-1, so a corrected
 result (OBX-11 C) replaces the preliminary one.
 """
@@ -27,8 +30,8 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     codeable,
     comp,
     date_time,
-    instant,
     number,
+    period,
     put,
     quantity,
 )
@@ -36,7 +39,9 @@ from fhir_gateway.ingest.hl7v2.mapping.resources import organization, practition
 from fhir_gateway.ingest.hl7v2.mapping.specimen import link_observation
 
 CODED = frozenset({"CE", "CWE", "CNE", "CF", "CD", "IS", "ID"})
-DATES = frozenset({"DT", "DTM", "TS", "DR"})
+DATES = frozenset({"DT", "DTM", "TS"})
+ANALYSIS_TIME = "http://hl7.org/fhir/StructureDefinition/observation-analysis-date-time"
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 ATTACHMENTS = frozenset({"ED", "RP"})
 _RANGE = re.compile(r"^\s*([-+]?\d*\.?\d+)\s*(?:-|to|–)\s*([-+]?\d*\.?\d+)\s*$", re.IGNORECASE)
 _BOUND = re.compile(r"^\s*(<=?|>=?)\s*([-+]?\d*\.?\d+)\s*$")
@@ -75,6 +80,9 @@ def map_obx(seg: Segment, ctx: MapContext) -> None:
     obs: Json = {"resourceType": "Observation", "status": status, "code": code, "subject": ctx.patient}
     put(obs, "encounter", ctx.encounter)
     _value(seg, value_type, obs, ctx)
+    if seg.value(11).upper() == "X" and not any(k.startswith("value") for k in obs):
+        # IG: "results cannot be obtained" → cancelled, and the value's absence says why
+        obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "cannot-be-obtained"}]}
     _reference_range(seg, obs)
     interpretation = [_interpretation(r) for r in seg.repetitions(8)]
     put(obs, "interpretation", [i for i in interpretation if i])
@@ -82,14 +90,16 @@ def map_obx(seg: Segment, ctx: MapContext) -> None:
     if effective is None and ctx.report is not None:
         effective = ctx.report.get("effectiveDateTime")
     put(obs, "effectiveDateTime", effective)
-    put(obs, "issued", instant(seg.value(19), ctx.tz))
+    put(obs, "issued", ctx.report.get("issued") if ctx.report is not None else None)
+    analysed = ctx.when(seg, 19)
+    if analysed:
+        obs["extension"] = [{"url": ANALYSIS_TIME, "valueDateTime": analysed}]
     performers = [p for p in (practitioner(r, ctx) for r in seg.repetitions(16)) if p]
     lab = organization(seg.field(23)[0]) if seg.has(23) else None
     put(obs, "performer", performers + ([lab] if lab else []))
     put(obs, "method", codeable(next(iter(seg.repetitions(17)), None)))
     put(obs, "bodySite", codeable(next(iter(seg.repetitions(20)), None)))
-    if ctx.order is not None and ctx.order.get("resourceType") == "ServiceRequest":
-        obs["basedOn"] = [ctx.ref(ctx.order)]
+    _link_order(obs, ctx)
     link_observation(obs, ctx)
     key = "|".join([comp(code_rep or [], 1), comp(code_rep or [], 3), seg.value(4), seg.value(1)])
     if ctx.report is not None:
@@ -102,6 +112,18 @@ def map_obx(seg: Segment, ctx: MapContext) -> None:
     if ctx.report is not None:
         ctx.report.setdefault("result", []).append(ctx.ref(obs))
     ctx.last = obs
+
+
+def _link_order(obs: Json, ctx: MapContext) -> None:
+    """A result is basedOn its order; an OBX in a VXU order group (funding eligibility, VIS dates)
+    is partOf the Immunization its RXA made (IG VXU_V04 ORDER.OBSERVATION)."""
+    order = ctx.order
+    if order is None:
+        return
+    if order.get("resourceType") == "ServiceRequest":
+        obs["basedOn"] = [ctx.ref(order)]
+    elif order.get("resourceType") == "Immunization":
+        obs["partOf"] = [ctx.ref(order)]
 
 
 def _value(seg: Segment, value_type: str, obs: Json, ctx: MapContext) -> None:
@@ -128,6 +150,15 @@ def _value(seg: Segment, value_type: str, obs: Json, ctx: MapContext) -> None:
             obs["valueString"] = comp(first, 1)
         else:
             obs["valueDateTime"] = when
+    elif value_type == "DR":
+        span = period(ctx.when(seg, 5, comp(first, 1)), ctx.when(seg, 5, comp(first, 2)))
+        put(obs, "valuePeriod", span)
+    elif value_type == "NR":
+        low, high = number(comp(first, 1)), number(comp(first, 2))
+        rng: Json = {}
+        put(rng, "low", quantity(low, units) if low is not None else None)
+        put(rng, "high", quantity(high, units) if high is not None else None)
+        put(obs, "valueRange", rng)
     elif value_type == "TM":
         m = _TIME.match(comp(first, 1))
         if m:
@@ -148,18 +179,24 @@ def _text(rep: Rep) -> str:
 
 
 def _structured_numeric(rep: Rep, units: Rep | None, obs: Json, seg: Segment, ctx: MapContext) -> None:
+    """SN (comparator ^ num1 ^ separator/suffix ^ num2) per the IG: `:` or `/` → valueRatio, `-` →
+    valueRange, no separator → valueQuantity (with its comparator); anything else (`<>`, the `+`
+    suffix of `^2^+`, text) is kept whole as valueString rather than cut to its first number."""
     comparator, n1, sep, n2 = comp(rep, 1), number(comp(rep, 2)), comp(rep, 3), number(comp(rep, 4))
-    if n1 is not None and n2 is not None and sep in (":", "/"):
+    if comparator != "<>" and n1 is not None and n2 is not None and sep in (":", "/"):
         obs["valueRatio"] = {"numerator": quantity(n1, units), "denominator": quantity(n2, units)}
-    elif n1 is not None and n2 is not None and sep in ("-", ""):
+    elif comparator != "<>" and n1 is not None and n2 is not None and sep == "-":
         obs["valueRange"] = {"low": quantity(n1, units), "high": quantity(n2, units)}
-    elif n1 is not None:
+    elif comparator in ("", "<", "<=", ">", ">=", "=") and n1 is not None and not sep and not comp(rep, 4):
         q = quantity(n1, units)
         if comparator in ("<", "<=", ">", ">="):
             q["comparator"] = comparator
         obs["valueQuantity"] = q
     else:
-        ctx.warn(seg, 5, DATA_TYPE_ERROR, "OBX-5 is not a structured numeric (SN) value")
+        text = " ".join(p for p in (*(comp(rep, i) for i in range(1, 5)), comp(units or [], 1)) if p)
+        put(obs, "valueString", text)
+        if not (n1 is not None and sep == "+"):
+            ctx.warn(seg, 5, DATA_TYPE_ERROR, "OBX-5 is not a structured numeric (SN) value; kept as text")
 
 
 def _reference_range(seg: Segment, obs: Json) -> None:

@@ -93,6 +93,7 @@ def map_orc(seg: Segment, ctx: MapContext) -> None:
     close_order_group(ctx)
     ctx.order = ctx.report = ctx.requester = None
     ctx.pending_orc = ctx.group_orc = seg
+    ctx.pending_timing = []
 
 
 def _complete_order(orc: Segment, ctx: MapContext, request: Json) -> None:
@@ -188,7 +189,9 @@ def map_obr(seg: Segment, ctx: MapContext) -> None:
 
 
 def map_tq1(seg: Segment, ctx: MapContext) -> None:
-    """TQ1-7/8 start/end → the current request's occurrencePeriod (or the Appointment's start/end)."""
+    """TQ1-7/8 start/end → the current request's occurrencePeriod (or the Appointment's start/end);
+    for a MedicationRequest the dosage timing (IG TQ1[MedicationRequest]). In RDE/RDS the order's
+    TQ1 comes between ORC and RXO/RXE: it waits for the request (`apply_timing`)."""
     start, end = date_time(seg.value(7), ctx.tz), date_time(seg.value(8), ctx.tz)
     if ctx.appointment is not None and ctx.order is None:
         begin, finish = instant(seg.value(7), ctx.tz), instant(seg.value(8), ctx.tz)
@@ -196,8 +199,42 @@ def map_tq1(seg: Segment, ctx: MapContext) -> None:
             ctx.appointment["start"], ctx.appointment["end"] = begin, finish
         return
     target = ctx.order
-    if target is not None and target.get("resourceType") == "ServiceRequest":
+    if ctx.pending_orc is not None and target is None:
+        ctx.pending_timing.append(seg)
+        return
+    if target is not None and target.get("resourceType") == "MedicationRequest":
+        _dosage_timing(seg, target, ctx)
+    elif target is not None and target.get("resourceType") == "ServiceRequest":
         put(target, "occurrencePeriod", period(start, end))
         prio = PRIORITY.get(seg.value(9).upper())
         if prio:
             target.setdefault("priority", prio)
+
+
+def apply_timing(request: Json, ctx: MapContext) -> None:
+    """The TQ1 that preceded the order's RXO/RXE, now that its MedicationRequest exists."""
+    timing, ctx.pending_timing = ctx.pending_timing, []
+    for seg in timing:
+        _dosage_timing(seg, request, ctx)
+
+
+def _dosage_timing(seg: Segment, request: Json, ctx: MapContext) -> None:
+    """TQ1-3 repeat pattern → timing.code, TQ1-7/8 → timing.repeat.boundsPeriod, TQ1-9 → priority,
+    TQ1-11 text instruction → dosage text (IG TQ1[MedicationRequest]); the first TQ1 wins."""
+    dosage = request.setdefault("dosageInstruction", [{}])[0]
+    timing: Json = {}
+    pattern = seg.value(3)
+    if pattern:
+        coding: Json = {"code": pattern}
+        put(coding, "display", seg.value(3, 1, 2))
+        system = tables.coding_system(seg.value(3, 1, 3)) or tables.V2_SYSTEM.format(table="0335")
+        timing["code"] = {"coding": [{"system": system, **coding}]}
+    bounds = period(ctx.when(seg, 7), ctx.when(seg, 8))
+    if bounds:
+        timing["repeat"] = {"boundsPeriod": bounds}
+    if timing:
+        dosage.setdefault("timing", timing)
+    put(dosage, "text", dosage.get("text") or seg.value(11))
+    prio = PRIORITY.get(seg.value(9).upper())
+    if prio:
+        request.setdefault("priority", prio)

@@ -2,7 +2,8 @@
 
 IG segment maps RXA→Immunization, RXO/RXE→MedicationRequest, RXD→MedicationDispense. The order
 group's ORC supplies status, identifiers, requester and the deterministic id (placer/filler number),
-so RXO and RXE of one order (RDE, RDS) fill one MedicationRequest.
+so RXO and RXE of one order (RDE, RDS) fill one MedicationRequest. The Immunization is the anchor of
+its order group (IG VXU_V04: the OBX after an RXA are `partOf` it).
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     put,
     quantity,
 )
-from fhir_gateway.ingest.hl7v2.mapping.orders import order_identifiers, order_key, request_status
-from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
+from fhir_gateway.ingest.hl7v2.mapping.orders import (
+    apply_timing,
+    order_identifiers,
+    order_key,
+    request_status,
+)
+from fhir_gateway.ingest.hl7v2.mapping.resources import coded_organization, location, practitioner
 
 PERFORMER_FUNCTION = "http://terminology.hl7.org/CodeSystem/v2-0443"
+DOSE_RATE_TYPE = "http://terminology.hl7.org/CodeSystem/dose-rate-type"
 
 
 def _first(seg: Segment | None, n: int) -> Rep | None:
@@ -68,17 +75,19 @@ def map_rxa(seg: Segment, ctx: MapContext) -> None:
         imm["performer"] = [{"function": function, "actor": performer}]
     put(imm, "lotNumber", seg.value(15))
     put(imm, "expirationDate", date(seg.value(16)))
-    manufacturer = seg.value(17, 2) or seg.value(17)
-    if manufacturer:
-        imm["manufacturer"] = {"display": manufacturer}
-    if status == "not-done":
-        put(imm, "statusReason", codeable(_first(seg, 18)))
+    put(imm, "manufacturer", coded_organization(_first(seg, 17)))
+    put(imm, "statusReason", codeable(_first(seg, 18)))  # IG: whatever RXA-20 says
+    put(imm, "reasonCode", [c for c in (codeable(r) for r in seg.repetitions(19)) if c])
+    if seg.value(21).upper() == "A":  # IG: RXA-22 is the recording time of an added record
+        put(imm, "recorded", ctx.when(seg, 22))
+    put(imm, "location", location(_first(seg, 27), ctx))
     put(imm, "identifier", order_identifiers(orc, None, (0, 0)))
     res_id = order_key("Immunization", _first(orc, 3), _first(orc, 2))
     if res_id is None:
         key = f"{seg.value(5)}|{seg.value(5, 3)}|{when}"
         res_id = stable_id("Immunization", f"Patient/{ctx.patient_id}", key)
-    ctx.last = ctx.keep(imm, res_id)
+    imm = ctx.keep(imm, res_id)
+    ctx.order = ctx.last = imm  # the OBX of this order group are partOf it
 
 
 def _medication_request(ctx: MapContext, seg: Segment) -> Json | None:
@@ -88,8 +97,8 @@ def _medication_request(ctx: MapContext, seg: Segment) -> Json | None:
     ctx.pending_orc = None
     request: Json = {
         "resourceType": "MedicationRequest",
-        "status": request_status(ctx, "unknown"),
-        "intent": "order",
+        "status": _medication_status(ctx),
+        "intent": "original-order" if seg.name == "RXO" else "order",
         "subject": ctx.patient,
     }
     put(request, "identifier", order_identifiers(orc, None, (0, 0)))
@@ -104,14 +113,35 @@ def _medication_request(ctx: MapContext, seg: Segment) -> Json | None:
     return request
 
 
-def _dosage(request: Json, text: str, amount: str, units: Rep | None) -> None:
+def _medication_status(ctx: MapContext) -> str:
+    """ORC-5 / ORC-1 → MedicationRequest.status. The order tables give RequestStatus, whose
+    `revoked` is no MedicationRequest status: a discontinued medication order (DC, OD, DR) was
+    stopped, any other withdrawn one (CA, OC, CR) cancelled."""
+    status = request_status(ctx, "unknown")
+    if status != "revoked":
+        return status
+    orc = ctx.pending_orc or ctx.group_orc
+    assert orc is not None  # request_status found a code in it
+    code = orc.value(5) if tables.lookup(tables.ORDER_STATUS_0038, orc.value(5)) else orc.value(1)
+    return "stopped" if code.upper() in tables.DISCONTINUE_0119 else "cancelled"
+
+
+def _dosage(request: Json, text: str, low: str, high: str, units: Rep | None) -> None:
+    """Give amount minimum (RXO-2, RXE-3) and maximum (RXO-3, RXE-4) → the ordered dose: a
+    doseRange when a maximum is given (IG RXO: low/high), else a doseQuantity."""
     dosage: Json = {}
     put(dosage, "text", text)
-    dose = number(amount)
-    if dose is not None:
-        dosage["doseAndRate"] = [{"doseQuantity": quantity(dose, units)}]
-    if dosage and "dosageInstruction" not in request:
-        request["dosageInstruction"] = [dosage]
+    dose, most = number(low), number(high)
+    kind = {"coding": [{"system": DOSE_RATE_TYPE, "code": "ordered", "display": "Ordered"}]}
+    if dose is not None and most is not None and most != dose:
+        rng = {"low": quantity(dose, units), "high": quantity(most, units)}
+        dosage["doseAndRate"] = [{"type": kind, "doseRange": rng}]
+    elif dose is not None:
+        dosage["doseAndRate"] = [{"type": kind, "doseQuantity": quantity(dose, units)}]
+    if dosage:
+        first = request.setdefault("dosageInstruction", [{}])[0]
+        for key, value in dosage.items():
+            first.setdefault(key, value)
 
 
 def _medication(request: Json, seg: Segment, n: int, ctx: MapContext) -> bool:
@@ -128,16 +158,19 @@ def map_rxo(seg: Segment, ctx: MapContext) -> None:
     request = ctx.order if _same_group(ctx, "MedicationRequest") else _medication_request(ctx, seg)
     if request is None or not _medication(request, seg, 1, ctx):
         return
-    _dosage(request, seg.value(7, 2) or seg.value(7), seg.value(2), _first(seg, 4))
+    _dosage(request, seg.value(7, 2) or seg.value(7), seg.value(2), seg.value(3), _first(seg, 4))
     _dispense(request, seg.value(11), _first(seg, 12), seg.value(13))
+    apply_timing(request, ctx)
 
 
 def map_rxe(seg: Segment, ctx: MapContext) -> None:
     request = ctx.order if _same_group(ctx, "MedicationRequest") else _medication_request(ctx, seg)
     if request is None or not _medication(request, seg, 2, ctx):
         return
-    _dosage(request, seg.value(7, 2) or seg.value(7), seg.value(3), _first(seg, 5))
+    request["intent"] = "order"  # the pharmacy's encoding of the order (RXO alone: original-order)
+    _dosage(request, seg.value(7, 2) or seg.value(7), seg.value(3), seg.value(4), _first(seg, 5))
     _dispense(request, seg.value(10), _first(seg, 11), seg.value(12))
+    apply_timing(request, ctx)
 
 
 def _same_group(ctx: MapContext, res_type: str) -> bool:

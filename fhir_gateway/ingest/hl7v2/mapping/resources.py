@@ -5,6 +5,7 @@ They are logical references (identifier + display), not resources of their own: 
 
 from __future__ import annotations
 
+from fhir_gateway.ingest.hl7v2.mapping import tables
 from fhir_gateway.ingest.hl7v2.mapping.context import MapContext, Reference
 from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     Json,
@@ -62,4 +63,21 @@ def organization(rep: Rep | None) -> Reference | None:
     put(ref, "display", name)
     if org_id and org_id != name:
         ref["identifier"] = {"value": org_id}
+    return ref or None
+
+
+def coded_organization(rep: Rep | None) -> Reference | None:
+    """CWE naming an organisation (RXA-17 manufacturer: MSD^Merck^MVX) → a logical reference (IG
+    CWE[Organization]): the code is the organisation's identifier in the CWE's coding system, so
+    an MVX manufacturer code stays searchable instead of shrinking to a display name."""
+    if not rep:
+        return None
+    code, name = comp(rep, 1), comp(rep, 2)
+    ref: Json = {}
+    if code:
+        ident: Json = {}
+        put(ident, "system", tables.coding_system(comp(rep, 3)))
+        ident["value"] = code
+        ref["identifier"] = ident
+    put(ref, "display", name or code)
     return ref or None

@@ -22,18 +22,24 @@ SEX_0001 = {
     "X": "other",
 }
 
-# Table 0004 Patient Class → v3 ActCode encounter class (ConceptMap table-0004-to-encounter-class)
+# Table 0004 Patient Class → Encounter.class (ConceptMap PatientClass[EncounterClass]): E/I/O/P have a
+# v3 ActCode equivalent; R, B, C, N, U have none and stay v2-0004 codes (the IG maps them so, not to
+# IMP/AMB: a recurring or obstetrics patient is no inpatient by that fact).
 PATIENT_CLASS_0004 = {
-    "E": ("EMER", "emergency"),
-    "I": ("IMP", "inpatient encounter"),
-    "O": ("AMB", "ambulatory"),
-    "P": ("PRENC", "pre-admission"),
-    "R": ("IMP", "inpatient encounter"),  # recurring patient: the IG maps to inpatient
-    "B": ("IMP", "inpatient encounter"),  # obstetrics
-    "C": ("AMB", "ambulatory"),  # commercial account
-    "N": ("AMB", "ambulatory"),  # not applicable
-    "U": ("AMB", "ambulatory"),  # unknown
+    "E": (V3_ACT_CODE, "EMER", "emergency"),
+    "I": (V3_ACT_CODE, "IMP", "inpatient encounter"),
+    "O": (V3_ACT_CODE, "AMB", "ambulatory"),
+    "P": (V3_ACT_CODE, "PRENC", "pre-admission"),
+    "R": (V2_SYSTEM.format(table="0004"), "R", "Recurring patient"),
+    "B": (V2_SYSTEM.format(table="0004"), "B", "Obstetrics"),
+    "C": (V2_SYSTEM.format(table="0004"), "C", "Commercial Account"),
+    "N": (V2_SYSTEM.format(table="0004"), "N", "Not Applicable"),
+    "U": (V2_SYSTEM.format(table="0004"), "U", "Unknown"),
 }
+
+# Table 0217 Visit Priority (PV2-25) → v3 ActPriority (ConceptMap EncounterPriority)
+ACT_PRIORITY = "http://terminology.hl7.org/CodeSystem/v3-ActPriority"
+VISIT_PRIORITY_0217 = {"1": ("EM", "emergency"), "2": ("UR", "urgent"), "3": ("EL", "elective")}
 
 # Trigger event → Encounter.status (DESIGN "HL7v2 → FHIR"; IG ADT message maps)
 ENCOUNTER_STATUS_BY_TRIGGER = {
@@ -135,6 +141,10 @@ ORDER_CONTROL_0119 = {
     "RO": "active",
     "PA": "active",
 }
+
+# Order control / order status codes that discontinue an order already under way: a medication
+# order ended so is `stopped` (MedicationRequest has no RequestStatus `revoked`), others `cancelled`.
+DISCONTINUE_0119 = frozenset({"DC", "OD", "DR"})
 
 # Table 0078 Interpretation Codes (OBX-8) → v3 ObservationInterpretation (same codes, v3 system)
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -350,7 +360,8 @@ CODING_SYSTEM_0396 = {
     "ANS+": "http://unitsofmeasure.org",
     "ISO+": "urn:iso:std:iso:2955",
     "NUCC": "http://nucc.org/provider-taxonomy",
-    "NCIT": "http://ncimeta.nci.nih.gov",
+    "NCIT": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",  # NCI Thesaurus (CDC route codes)
+    "NCI": "http://ncimeta.nci.nih.gov",  # NCI Metathesaurus
     "CDCREC": "urn:oid:2.16.840.1.113883.6.238",
     "HCPCS": "http://terminology.hl7.org/CodeSystem/HCPCS",
     "HPC": "http://terminology.hl7.org/CodeSystem/HCPCS",
