@@ -22,6 +22,7 @@ from sqlalchemy.pool import Pool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 IDLE_PING_SECONDS = 5.0  # ping_after_idle
+POOL_SIZE = 40  # PostgreSQL connections per process (create_engine)
 
 
 def is_sqlite(url: str) -> bool:
@@ -40,7 +41,13 @@ def create_engine(url: str) -> AsyncEngine:
         if search_path:
             parsed = parsed.difference_update_query(["search_path"])
             kwargs["connect_args"] = {"server_settings": {"search_path": str(search_path)}}
-        kwargs.update(pool_size=20, max_overflow=20)
+        # A fixed pool of the 40 connections a process could open before (20 + max_overflow 20),
+        # all kept: with overflow, connections handed back while 20 sat idle were closed, and under
+        # load new ones were opened again and again (TCP, TLS negotiation, authentication,
+        # SQLAlchemy's set-up: 8 % of a worker serving reads at 1,000 connections). Patient reads,
+        # 2 workers: 1,151-1,260/s with overflow, 1,525-1,786/s without (benchmarks/README,
+        # 2026-12-06). Past POOL_SIZE a request waits for a connection (pool_timeout).
+        kwargs.update(pool_size=POOL_SIZE, max_overflow=0)
     engine = create_async_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
