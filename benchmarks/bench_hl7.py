@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing
 import sqlite3
 import statistics
+import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,9 @@ from fhir_gateway.ingest.hl7v2.mllp import mllp_listener
 from fhir_gateway.ingest.hl7v2.receiver import Receiver
 from fhir_gateway.logs import configure_logging
 from fhir_gateway.settings import load_settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import fresh_database  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "hl7v2" / "messages"
 
@@ -109,35 +110,7 @@ def bench_floor(n: int, directory: Path) -> float:
     return n / elapsed * 60
 
 
-@contextlib.asynccontextmanager
-async def fresh_database(database_url: str | None, directory: Path, name: str) -> AsyncIterator[str]:
-    """An empty database for one step: a SQLite file under `directory`, or a new PostgreSQL schema
-    in `database_url`'s database (dropped afterwards)."""
-    if database_url is None:
-        folder = directory / name
-        folder.mkdir()
-        yield f"sqlite+aiosqlite:///{folder}/{name}.db"
-        return
-    import asyncpg
-
-    schema = f"bench_{name}_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{database_url}?search_path={schema}"
-    finally:
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
-
-
-async def bench_ingest(
-    texts: list[str], n: int, concurrency: int, directory: Path, database_url: str | None
-) -> tuple[float, int]:
-    async with fresh_database(database_url, directory, f"ingest{concurrency}") as url:
-        return await _ingest(texts, n, concurrency, url)
-
-
-async def _ingest(texts: list[str], n: int, concurrency: int, url: str) -> tuple[float, int]:
+async def bench_ingest(texts: list[str], n: int, concurrency: int, url: str) -> tuple[float, int]:
     settings = load_settings(None, environ={}, overrides={"database_url": url})
     runtime = Runtime(settings)
     await runtime.start()
@@ -202,14 +175,7 @@ def _sender_process(port: int, sessions: list[list[str]], results: Any) -> None:
     results.put((elapsed, [x for r in per_session for x in r]))
 
 
-async def bench_mllp(
-    texts: list[str], n: int, connections: int, directory: Path, database_url: str | None
-) -> tuple[float, float, float]:
-    async with fresh_database(database_url, directory, "mllp") as url:
-        return await _mllp(texts, n, connections, url)
-
-
-async def _mllp(texts: list[str], n: int, connections: int, url: str) -> tuple[float, float, float]:
+async def bench_mllp(texts: list[str], n: int, connections: int, url: str) -> tuple[float, float, float]:
     settings = load_settings(None, environ={}, overrides={"database_url": url})
     runtime = Runtime(settings)
     await runtime.start()
@@ -249,11 +215,14 @@ def main() -> None:
         print(f"tokenizer-only rate: {60 / ours:,.0f} msg/min")
         print(f"raw SQLite insert+commit floor: {bench_floor(args.messages, directory):,.0f} msg/min")
         print(f"ingest and MLLP on {'PostgreSQL' if db else 'SQLite'}:")
-        rate, accepted = asyncio.run(bench_ingest(texts, args.messages, 1, directory, db))
+        with fresh_database(db, "ingest1") as url:
+            rate, accepted = asyncio.run(bench_ingest(texts, args.messages, 1, url))
         print(f"ingest via receiver, 1 caller: {rate:,.0f} msg/min ({accepted} accepted)")
-        rate, accepted = asyncio.run(bench_ingest(texts, args.messages, args.connections, directory, db))
+        with fresh_database(db, "ingest") as url:
+            rate, accepted = asyncio.run(bench_ingest(texts, args.messages, args.connections, url))
         print(f"ingest via receiver, {args.connections} callers: {rate:,.0f} msg/min ({accepted} accepted)")
-        rate, p50, p99 = asyncio.run(bench_mllp(texts, args.messages, args.connections, directory, db))
+        with fresh_database(db, "mllp") as url:
+            rate, p50, p99 = asyncio.run(bench_mllp(texts, args.messages, args.connections, url))
         print(
             f"MLLP {args.connections} connections: {rate:,.0f} msg/min, ACK p50 {p50:.1f} ms p99 {p99:.1f} ms"
         )

@@ -1,6 +1,7 @@
 """Patient reads under load, with the whole security stack on against the same server with it off.
 
     python benchmarks/bench_read.py [--connections 1000] [--seconds 10] [--workers N] [--open-loop]
+                                    [--database-url postgresql+asyncpg://...]
 
 Two measures, because at 1,000 connections they answer different questions:
 
@@ -32,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import openloop  # noqa: E402
-from harness import admin_headers, running_server, token  # noqa: E402
+from harness import admin_headers, fresh_database, running_server, token  # noqa: E402
 
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", re.MULTILINE)
 RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
@@ -84,7 +85,7 @@ def highest_rate(url: str, connections: int, seconds: int, headers: dict[str, st
     return best
 
 
-def main(connections: int, seconds: int, workers: int, open_loop: bool) -> None:
+def main(connections: int, seconds: int, workers: int, open_loop: bool, database_url: str | None) -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench_read needs wrk (apt-get install wrk)")
     figures = {}
@@ -93,7 +94,7 @@ def main(connections: int, seconds: int, workers: int, open_loop: bool) -> None:
         env = {"FHIR_GATEWAY_WORKERS": str(workers)}
         if mode == "off":
             env["FHIR_GATEWAY_SECURITY__ALLOW_ANONYMOUS"] = "true"
-        with running_server(env=env) as base:
+        with fresh_database(database_url, f"read_{mode}") as url, running_server(url, env=env) as base:
             patient = seed(base)[0]
             headers = clinician_headers() if mode == "on" else {}
             url = f"{base}/Patient/{patient}"
@@ -126,5 +127,6 @@ if __name__ == "__main__":
     parser.add_argument(
         "--open-loop", action="store_true", help="also find the open-loop rate at p99 <= 200 ms"
     )
+    parser.add_argument("--database-url", help="a PostgreSQL database to serve from (a schema per mode)")
     args = parser.parse_args()
-    main(args.connections, args.seconds, args.workers, args.open_loop)
+    main(args.connections, args.seconds, args.workers, args.open_loop, args.database_url)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
@@ -40,6 +41,35 @@ def token(*args: str) -> str:
 
 def admin_headers() -> dict[str, str]:
     return {"Authorization": "Bearer " + token("--sub", "bench", "--role", "admin", "--scope", "system/*.*")}
+
+
+@contextlib.contextmanager
+def fresh_database(database_url: str | None, name: str) -> Iterator[str]:
+    """An empty database for one benchmark step: a SQLite file in a folder of its own, or, given a
+    PostgreSQL URL, a new schema in that database (`?search_path=`), dropped afterwards."""
+    if database_url is None:
+        work = tempfile.mkdtemp(prefix="bench-")
+        try:
+            yield f"sqlite+aiosqlite:///{work}/{name}.db"
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    schema = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_postgres(database_url, f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{database_url}?search_path={schema}"
+    finally:
+        asyncio.run(_postgres(database_url, f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+async def _postgres(database_url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 @contextlib.contextmanager
