@@ -9,7 +9,7 @@ from __future__ import annotations
 from fhir_gateway.fhir.ids import stable_id
 from fhir_gateway.ingest.hl7v2.er7 import Segment
 from fhir_gateway.ingest.hl7v2.mapping import tables
-from fhir_gateway.ingest.hl7v2.mapping.context import REQUIRED_FIELD_MISSING, MapContext
+from fhir_gateway.ingest.hl7v2.mapping.context import DATA_TYPE_ERROR, REQUIRED_FIELD_MISSING, MapContext
 from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     Json,
     Rep,
@@ -25,6 +25,7 @@ from fhir_gateway.ingest.hl7v2.mapping.resources import practitioner
 ALLERGY_CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+DELETE = "D"  # DG1-21 diagnosis action code (table 0206)
 
 
 def _first(seg: Segment, n: int) -> Rep | None:
@@ -110,17 +111,50 @@ def map_dg1(seg: Segment, ctx: MapContext) -> None:
     condition["category"] = [
         {"coding": [{"system": tables.CONDITION_CATEGORY_SYSTEM, "code": "encounter-diagnosis"}]}
     ]
+    if code_rep and seg.value(4):
+        code.setdefault("text", seg.value(4))  # IG DG1-4 → code.text
     put(condition, "encounter", ctx.encounter)
     put(condition, "onsetDateTime", date_time(seg.value(5), ctx.tz))
     put(condition, "recordedDate", date_time(seg.value(19), ctx.tz))
     put(condition, "asserter", practitioner(_first(seg, 16), ctx))
+    if seg.value(21).upper() == DELETE:  # IG DG1-21 action code D → entered-in-error (A, U map to nothing)
+        condition["verificationStatus"] = {
+            "coding": [{"system": CONDITION_VERIFICATION, "code": "entered-in-error"}]
+        }
     ident = ei(_first(seg, 20))
     put(condition, "identifier", [ident] if ident else None)
     if ident is not None:
         res_id = stable_id("Condition", comp(_first(seg, 20) or [], 2) or ctx.source, ident["value"])
     else:
         res_id = stable_id("Condition", f"Patient/{ctx.patient_id}", _concept_key(code_rep) or seg.value(4))
-    ctx.last = ctx.keep(condition, res_id)
+    condition = ctx.keep(condition, res_id)
+    _encounter_diagnosis(seg, ctx, condition)
+    ctx.last = condition
+
+
+def _encounter_diagnosis(seg: Segment, ctx: MapContext, condition: Json) -> None:
+    """The diagnosis on its encounter (IG DG1[Encounter]): DG1-6 diagnosis type → use, DG1-15
+    priority → rank; a deleted diagnosis (DG1-21 D) is no diagnosis of the encounter."""
+    encounter = ctx.resolve(ctx.encounter)
+    if encounter is None or seg.value(21).upper() == DELETE:
+        return
+    diagnosis: Json = {"condition": ctx.ref(condition)}
+    kind = seg.value(6).upper()
+    role = tables.DIAGNOSIS_ROLE_0052.get(kind)
+    if role:
+        diagnosis["use"] = {
+            "coding": [{"system": tables.DIAGNOSIS_ROLE_SYSTEM, "code": role[0], "display": role[1]}]
+        }
+    else:
+        put(diagnosis, "use", code_in(_first(seg, 6), "0052"))
+    rank = seg.value(15)
+    if rank.isdigit() and int(rank) > 0:
+        diagnosis["rank"] = int(rank)
+    elif rank:
+        ctx.warn(seg, 15, DATA_TYPE_ERROR, "DG1-15 (diagnosis priority) is not a positive integer; ignored")
+    known = encounter.setdefault("diagnosis", [])
+    if not any(d["condition"] == diagnosis["condition"] for d in known):
+        known.append(diagnosis)
 
 
 def map_prb(seg: Segment, ctx: MapContext) -> None:

@@ -130,6 +130,12 @@ class MapContext:
         self.mapped += 1
         return resource
 
+    def resolve(self, ref: Reference | None) -> Resource | None:
+        """The resource of this Bundle a reference made by `add`/`ref` points at."""
+        if ref is None:
+            return None
+        return next((e.resource for e in self.entries.values() if e.full_url == ref.get("reference")), None)
+
     def ref(self, resource: Resource) -> Reference:
         entry = self.entries[(resource["resourceType"], resource["id"])]
         return {"reference": entry.full_url}

@@ -11,29 +11,41 @@ from fhir_gateway.fhir.ids import stable_id
 from fhir_gateway.ingest.hl7v2.er7 import Segment
 from fhir_gateway.ingest.hl7v2.mapping import tables
 from fhir_gateway.ingest.hl7v2.mapping.context import (
+    DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
     TABLE_VALUE_NOT_FOUND,
     MapContext,
+    Reference,
 )
 from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     Json,
+    address,
     code_in,
     codeable,
     comp,
     date,
     date_time,
+    human_name,
     identifier,
     number,
     period,
     put,
 )
-from fhir_gateway.ingest.hl7v2.mapping.patient import US_SSN
-from fhir_gateway.ingest.hl7v2.mapping.resources import organization, practitioner
+from fhir_gateway.ingest.hl7v2.mapping.encounter import relationship
+from fhir_gateway.ingest.hl7v2.mapping.patient import US_SSN, gender
+from fhir_gateway.ingest.hl7v2.mapping.resources import name_text, organization, practitioner
 
 COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
 SUBSCRIBER_RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
 IDENTIFIER_TYPE = tables.IDENTIFIER_TYPE_SYSTEM
-RELATIONSHIP_0063 = {"SEL": "self", "SPO": "spouse", "CHD": "child", "PAR": "parent", "DOM": "common"}
+RELATIONSHIP_0063 = {
+    "SEL": "self",
+    "SPO": "spouse",
+    "CHD": "child",
+    "PAR": "parent",
+    "DOM": "common",
+    "OTH": "other",
+}
 
 
 def map_in1(seg: Segment, ctx: MapContext) -> None:
@@ -69,11 +81,30 @@ def map_in1(seg: Segment, ctx: MapContext) -> None:
     relation = RELATIONSHIP_0063.get(seg.value(17).upper())
     if relation:
         coverage["relationship"] = {"coding": [{"system": SUBSCRIBER_RELATIONSHIP, "code": relation}]}
-        if relation == "self":
-            coverage["subscriber"] = ctx.patient
+    elif seg.value(17):
+        ctx.warn(
+            seg, 17, TABLE_VALUE_NOT_FOUND, "IN1-17 (relationship to patient) has no subscriber relationship"
+        )
+    put(coverage, "subscriber", ctx.patient if relation == "self" else _insured(seg, ctx))
     put(coverage, "order", int(seg.value(22)) if seg.value(22).isdigit() and seg.value(22) != "0" else None)
     key = f"{company_id or company_name}|{policy or seg.value(2)}"
     ctx.last = ctx.keep(coverage, stable_id("Coverage", f"Patient/{ctx.patient_id}", key))
+
+
+def _insured(seg: Segment, ctx: MapContext) -> Reference | None:
+    """IN1-16 name of insured, when the insured is not the patient → the subscriber, a RelatedPerson
+    of the patient (IG IN1: subscriber(RelatedPerson) IF IN1-17 IS NOT 'patient') with IN1-17 as
+    relationship, IN1-18 birth date, IN1-19 address and IN1-43 sex."""
+    names = [n for n in (human_name(r) for r in seg.repetitions(16)) if n]
+    if not names or ctx.patient_id is None:
+        return None
+    person: Json = {"resourceType": "RelatedPerson", "active": True, "patient": ctx.patient, "name": names}
+    kind = next(iter(seg.repetitions(17)), None)
+    put(person, "relationship", [r for r in (relationship(kind),) if r] if kind else None)
+    put(person, "birthDate", date(seg.value(18)))
+    put(person, "address", [a for a in (address(r) for r in seg.repetitions(19)) if a])
+    put(person, "gender", gender(seg, 43, ctx))
+    return ctx.add(person, stable_id("RelatedPerson", ctx.patient_id, f"insured|{name_text(names[0])}"))
 
 
 def map_ft1(seg: Segment, ctx: MapContext) -> None:
@@ -94,17 +125,12 @@ def map_ft1(seg: Segment, ctx: MapContext) -> None:
     qty = number(seg.value(10))
     if qty is not None:
         charge["quantity"] = {"value": qty}
-    amount = number(seg.value(11, 1))
-    if amount is not None:
-        put(
-            charge,
-            "priceOverride",
-            {"value": amount, "currency": seg.value(11, 2)} if seg.value(11, 2) else {"value": amount},
-        )
+    put(charge, "priceOverride", _money(seg, 11, ctx))
     put(charge, "reason", [c for c in (codeable(r) for r in seg.repetitions(19)) if c])
     performer = practitioner(next(iter(seg.repetitions(20)), None), ctx)
     if performer:
         charge["performer"] = [{"actor": performer}]
+    put(charge, "enterer", practitioner(next(iter(seg.repetitions(24)), None), ctx))
     transaction_id = seg.value(2)
     if transaction_id:
         charge["identifier"] = [{"value": transaction_id}]
@@ -112,6 +138,26 @@ def map_ft1(seg: Segment, ctx: MapContext) -> None:
     else:
         res_id = ctx.message_id("ChargeItem", seg)
     ctx.last = ctx.keep(charge, res_id)
+
+
+def _money(seg: Segment, fld: int, ctx: MapContext) -> Json | None:
+    """A CP (FT1-11 extended amount, the charge's total) → Money: CP-1 is an MO whose quantity and
+    denomination (ISO 4217 currency) are its subcomponents; CP-2 is the price type, no currency."""
+    text = seg.value(fld)
+    amount = number(text) if text else None
+    if text and amount is None:
+        ctx.warn(seg, fld, DATA_TYPE_ERROR, f"{seg.name}-{fld} (amount) is not a number; ignored")
+    if amount is None:
+        return None
+    money: Json = {"value": amount}
+    put(money, "currency", seg.value(fld, 1, 2).upper() or _currency_as_component(seg.value(fld, 2)))
+    return money
+
+
+def _currency_as_component(text: str) -> str:
+    """Senders that write the CP as an MO (150.00^USD) put the currency in CP-2: a three-letter code
+    there is an ISO 4217 currency (table 0205 price types are two letters: UP, TP …)."""
+    return text.upper() if len(text) == 3 and text.isalpha() else ""
 
 
 US_MEDICARE = "http://hl7.org/fhir/sid/us-medicare"

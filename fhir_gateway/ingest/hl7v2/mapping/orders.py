@@ -15,7 +15,11 @@ from __future__ import annotations
 from fhir_gateway.fhir.ids import stable_id
 from fhir_gateway.ingest.hl7v2.er7 import Segment
 from fhir_gateway.ingest.hl7v2.mapping import tables
-from fhir_gateway.ingest.hl7v2.mapping.context import REQUIRED_FIELD_MISSING, MapContext
+from fhir_gateway.ingest.hl7v2.mapping.context import (
+    REQUIRED_FIELD_MISSING,
+    TABLE_VALUE_NOT_FOUND,
+    MapContext,
+)
 from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     Json,
     Rep,
@@ -38,6 +42,9 @@ ORDER_MESSAGES = frozenset(
     {"ORM", "OML", "OMG", "OMI", "OMB", "OMD", "OMN", "OMP", "OMS", "OPL", "MDM", "SIU"}
 )
 PRIORITY = {"S": "stat", "A": "asap", "R": "routine", "P": "routine", "C": "urgent", "T": "urgent"}
+NEW_ORDER = "NW"
+REFLEX = "G"  # OBR-11 specimen action code G: generated order, reflex order (IG OBR → intent)
+STATUS_REASON = "http://hl7.org/fhir/StructureDefinition/request-statusReason"
 
 
 def _first(seg: Segment | None, n: int) -> Rep | None:
@@ -70,14 +77,34 @@ def order_identifiers(orc: Segment | None, detail: Segment | None, fields: tuple
     return ids
 
 
-def request_status(ctx: MapContext, default: str = "unknown") -> str:
+def request_status(
+    ctx: MapContext, default: str = "unknown", control: dict[str, str] = tables.ORDER_CONTROL_0119
+) -> str:
+    """ORC-5 order status when it is valued, else what the ORC-1 order control code implies (IG
+    ORC[ServiceRequest]: ORC-1 → status only IF ORC-5 NOT VALUED)."""
     orc = ctx.pending_orc or ctx.group_orc
     if orc is not None:
         status = tables.lookup(tables.ORDER_STATUS_0038, orc.value(5))
-        status = status or tables.lookup(tables.ORDER_CONTROL_0119, orc.value(1))
+        status = status or tables.lookup(control, orc.value(1))
         if status:
             return status
     return default
+
+
+def authored_on(orc: Segment | None, ctx: MapContext) -> str | None:
+    """ORC-9 is when the order was written only in a new order (IG ORC[ServiceRequest]: authoredOn IF
+    ORC-1 IS "NW"); in a cancel, hold or status change it is the time of that event, which must not
+    replace the order's authoring time when the message updates the stored order."""
+    if orc is None or orc.value(1).upper() != NEW_ORDER:
+        return None
+    return ctx.when(orc, 9)
+
+
+def _status_reason(orc: Segment | None) -> list[Json]:
+    """ORC-16 order control code reason (why it was cancelled, held …) → the request-statusReason
+    extension (IG ORC[ServiceRequest]); it is no reason for the order itself (reasonCode is OBR-31)."""
+    reason = codeable(_first(orc, 16))
+    return [{"url": STATUS_REASON, "valueCodeableConcept": reason}] if reason else []
 
 
 def _orc_after_obr(ctx: MapContext) -> bool:
@@ -105,7 +132,7 @@ def _complete_order(orc: Segment, ctx: MapContext, request: Json) -> None:
     if request["status"] == "unknown":
         request["status"] = request_status(ctx)
     put(request, "requester", request.get("requester") or practitioner(_first(orc, 12), ctx))
-    put(request, "authoredOn", request.get("authoredOn") or date_time(orc.value(9), ctx.tz))
+    put(request, "authoredOn", request.get("authoredOn") or authored_on(orc, ctx))
 
 
 def flush_orc(ctx: MapContext) -> None:
@@ -120,24 +147,56 @@ def flush_orc(ctx: MapContext) -> None:
     res_id = order_key("ServiceRequest", _first(orc, 2), _first(orc, 3)) or ctx.message_id(
         "ServiceRequest", orc
     )
-    ctx.add(request, res_id)
+    apply_timing(ctx.keep(request, res_id), ctx)
 
 
 def _service_request(orc: Segment | None, obr: Segment | None, ctx: MapContext) -> Json:
     request: Json = {"resourceType": "ServiceRequest", "status": request_status(ctx), "intent": "order"}
+    put(request, "extension", _status_reason(orc))
     put(request, "identifier", order_identifiers(orc, obr, (2, 3)))
+    if obr is not None and obr.value(11).upper() == REFLEX:
+        request["intent"] = "reflex-order"
+    timing = _quantity_timing(orc, obr)
+    priority = (obr.value(5) if obr else "") or (comp(timing[2], 6) if timing else "")
     if obr is not None:
         put(request, "code", codeable(_first(obr, 4)))
-        prio = PRIORITY.get(obr.value(5).upper() or obr.value(27, 6).upper())
-        put(request, "priority", prio)
+    put(request, "priority", PRIORITY.get(priority.upper()))
+    _occurrence(request, obr, timing, ctx)
+    if obr is not None:
         put(request, "reasonCode", [c for c in (codeable(r) for r in obr.repetitions(31)) if c])
     put(request, "subject", ctx.patient)
     put(request, "encounter", ctx.encounter)
     requester = practitioner(_first(orc, 12), ctx) or practitioner(_first(obr, 16), ctx) or ctx.requester
     put(request, "requester", requester)
-    if orc is not None:
-        put(request, "authoredOn", date_time(orc.value(9), ctx.tz))
+    put(request, "authoredOn", authored_on(orc, ctx))
     return request
+
+
+def _quantity_timing(orc: Segment | None, obr: Segment | None) -> tuple[Segment, int, Rep] | None:
+    """The order's TQ (v2.3-2.4 timing, still sent in 2.5.1 ORM): ORC-7, else OBR-27 (IG
+    OBR[ServiceRequest]: OBR-27 IF ORC-7 NOT VALUED), with the segment and field it came from."""
+    for seg, n in ((orc, 7), (obr, 27)):
+        if seg is None:
+            continue
+        rep = next((r for r in seg.repetitions(n) if any(part.strip() for c in r for part in c)), None)
+        if rep is not None:
+            return seg, n, rep
+    return None
+
+
+def _occurrence(
+    request: Json, obr: Segment | None, timing: tuple[Segment, int, Rep] | None, ctx: MapContext
+) -> None:
+    """TQ-4/TQ-5 start/end → occurrencePeriod (IG TQ[ServiceRequest]); without them OBR-6 requested
+    date/time → occurrenceDateTime (IG OBR[ServiceRequest])."""
+    if timing is not None:
+        seg, n, tq = timing
+        when = period(ctx.when(seg, n, comp(tq, 4)), ctx.when(seg, n, comp(tq, 5)))
+        if when:
+            request["occurrencePeriod"] = when
+            return
+    if obr is not None:
+        put(request, "occurrenceDateTime", ctx.when(obr, 6))
 
 
 def map_obr(seg: Segment, ctx: MapContext) -> None:
@@ -159,6 +218,7 @@ def map_obr(seg: Segment, ctx: MapContext) -> None:
     if is_result and request["status"] in ("active", "unknown") and result_status in ("F", "C"):
         request["status"] = "completed"
     request = ctx.keep(request, req_id)
+    apply_timing(request, ctx)
     request_ref = ctx.ref(request)
     ctx.order = request
     ctx.last = request
@@ -168,7 +228,7 @@ def map_obr(seg: Segment, ctx: MapContext) -> None:
         return
     report: Json = {
         "resourceType": "DiagnosticReport",
-        "status": tables.lookup(tables.REPORT_STATUS_0123, result_status) or "unknown",
+        "status": _report_status(seg, ctx),
         "code": codeable(_first(seg, 4)) or {"text": "unknown"},
         "basedOn": [request_ref],
         "subject": ctx.patient,
@@ -188,11 +248,20 @@ def map_obr(seg: Segment, ctx: MapContext) -> None:
     open_order_group(ctx, request, ctx.report)
 
 
+def _report_status(obr: Segment, ctx: MapContext) -> str:
+    """OBR-25 → DiagnosticReport.status; a value the IG gives no status (Y, Z, local codes) is
+    `unknown`, with a warning, never a guessed `final`."""
+    code = obr.value(25)
+    status = tables.lookup(tables.REPORT_STATUS_0123, code)
+    if code and status is None:
+        ctx.warn(obr, 25, TABLE_VALUE_NOT_FOUND, "OBR-25 (result status) has no report status; unknown")
+    return status or "unknown"
+
+
 def map_tq1(seg: Segment, ctx: MapContext) -> None:
     """TQ1-7/8 start/end → the current request's occurrencePeriod (or the Appointment's start/end);
-    for a MedicationRequest the dosage timing (IG TQ1[MedicationRequest]). In RDE/RDS the order's
-    TQ1 comes between ORC and RXO/RXE: it waits for the request (`apply_timing`)."""
-    start, end = date_time(seg.value(7), ctx.tz), date_time(seg.value(8), ctx.tz)
+    for a MedicationRequest the dosage timing (IG TQ1[MedicationRequest]). In ORM/OML (and RDE/RDS)
+    the order's TQ1 comes between ORC and OBR (RXO/RXE): it waits for the request (`apply_timing`)."""
     if ctx.appointment is not None and ctx.order is None:
         begin, finish = instant(seg.value(7), ctx.tz), instant(seg.value(8), ctx.tz)
         if begin and finish and "start" not in ctx.appointment:
@@ -202,20 +271,35 @@ def map_tq1(seg: Segment, ctx: MapContext) -> None:
     if ctx.pending_orc is not None and target is None:
         ctx.pending_timing.append(seg)
         return
-    if target is not None and target.get("resourceType") == "MedicationRequest":
-        _dosage_timing(seg, target, ctx)
-    elif target is not None and target.get("resourceType") == "ServiceRequest":
-        put(target, "occurrencePeriod", period(start, end))
-        prio = PRIORITY.get(seg.value(9).upper())
-        if prio:
-            target.setdefault("priority", prio)
+    if target is not None:
+        _timing(seg, target, ctx)
 
 
 def apply_timing(request: Json, ctx: MapContext) -> None:
-    """The TQ1 that preceded the order's RXO/RXE, now that its MedicationRequest exists."""
+    """The TQ1 that preceded the order's detail segment, now that its request exists."""
     timing, ctx.pending_timing = ctx.pending_timing, []
     for seg in timing:
+        _timing(seg, request, ctx)
+
+
+def _timing(seg: Segment, request: Json, ctx: MapContext) -> None:
+    if request.get("resourceType") == "MedicationRequest":
         _dosage_timing(seg, request, ctx)
+    elif request.get("resourceType") == "ServiceRequest":
+        _service_timing(seg, request, ctx)
+
+
+def _service_timing(seg: Segment, request: Json, ctx: MapContext) -> None:
+    """TQ1-7/8 → occurrencePeriod (TQ1 is the v2.5+ timing: it wins over ORC-7/OBR-27 and OBR-6,
+    and occurrence[x] holds one of them), TQ1-9 → priority when OBR-5/TQ gave none (IG
+    TQ1[ServiceRequest])."""
+    when = period(ctx.when(seg, 7), ctx.when(seg, 8))
+    if when:
+        request.pop("occurrenceDateTime", None)
+        request["occurrencePeriod"] = when
+    prio = PRIORITY.get(seg.value(9).upper())
+    if prio:
+        request.setdefault("priority", prio)
 
 
 def _dosage_timing(seg: Segment, request: Json, ctx: MapContext) -> None:

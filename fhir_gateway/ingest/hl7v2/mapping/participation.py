@@ -97,12 +97,6 @@ def _with_v3(role: Json | None, code: str) -> Json | None:
     return {**(role or {}), "coding": [*(role or {}).get("coding", []), translated]}
 
 
-def _resource(ctx: MapContext, ref: Reference | None) -> Json | None:
-    if ref is None:
-        return None
-    return next((e.resource for e in ctx.entries.values() if e.full_url == ref.get("reference")), None)
-
-
 def _add(target: Json, key: str, value: Json) -> None:
     values = target.setdefault(key, [])
     if value not in values:
@@ -110,7 +104,7 @@ def _add(target: Json, key: str, value: Json) -> None:
 
 
 def _for_patient(ctx: MapContext, code: str, role: Json | None, person: Reference, when: Json | None) -> None:
-    patient = _resource(ctx, ctx.patient)
+    patient = ctx.resolve(ctx.patient)
     assert patient is not None and ctx.patient_id is not None  # _participate checked ctx.patient
     if code == tables.PRIMARY_CARE_PROVIDER:
         _add(patient, "generalPractitioner", person)
@@ -128,7 +122,7 @@ def _for_patient(ctx: MapContext, code: str, role: Json | None, person: Referenc
 def _for_encounter(
     ctx: MapContext, code: str, role: Json | None, person: Reference, when: Json | None
 ) -> None:
-    encounter = _resource(ctx, ctx.encounter)
+    encounter = ctx.resolve(ctx.encounter)
     if encounter is None:
         return
     participant: Json = {"individual": person}

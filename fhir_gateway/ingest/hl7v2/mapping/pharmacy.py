@@ -117,7 +117,7 @@ def _medication_status(ctx: MapContext) -> str:
     """ORC-5 / ORC-1 → MedicationRequest.status. The order tables give RequestStatus, whose
     `revoked` is no MedicationRequest status: a discontinued medication order (DC, OD, DR) was
     stopped, any other withdrawn one (CA, OC, CR) cancelled."""
-    status = request_status(ctx, "unknown")
+    status = request_status(ctx, "unknown", tables.MEDICATION_CONTROL_0119)
     if status != "revoked":
         return status
     orc = ctx.pending_orc or ctx.group_orc

@@ -87,7 +87,9 @@ OBSERVATION_STATUS_0085 = {
     "A": "amended",
 }
 
-# Table 0123 Result Status (OBR-25) → DiagnosticReportStatus
+# Table 0123 Result Status (OBR-25) → DiagnosticReportStatus (ConceptMap ResultStatus[Non-Queries]).
+# Y (no order on record for this test) and Z (no record of this patient) are query answers with no
+# report behind them: the IG leaves them unmapped (an error), so they are no `final` report here.
 REPORT_STATUS_0123 = {
     "O": "registered",
     "I": "registered",
@@ -98,8 +100,6 @@ REPORT_STATUS_0123 = {
     "R": "partial",
     "F": "final",
     "X": "cancelled",
-    "Y": "final",
-    "Z": "final",
     "M": "partial",
     "N": "partial",
 }
@@ -117,30 +117,43 @@ ORDER_STATUS_0038 = {
     "SC": "active",
 }
 
-# Table 0119 Order Control (ORC-1) → RequestStatus, used when ORC-5 is empty
+# Table 0119 Order Control (ORC-1) → RequestStatus, used when ORC-5 is empty (ConceptMap
+# OrderControlCode[ServiceRequest.status]). An order control code is a request about the order, not
+# its state: a cancel (CA) or hold (HD) request leaves the order active until the filler answers
+# (CR cancelled as requested, OC cancelled, HR / OH held). The codes the IG leaves unmapped and the
+# code set here had already (SC, SN, XO, XX, OR, RP, RE, PA) keep their values.
 ORDER_CONTROL_0119 = {
+    "AF": "active",
+    "CA": "active",
+    "CR": "revoked",
+    "DC": "revoked",
+    "DF": "revoked",
+    "DR": "revoked",
+    "FU": "completed",
+    "HD": "active",
+    "HR": "on-hold",
     "NW": "active",
+    "OC": "revoked",
+    "OD": "revoked",
+    "OH": "on-hold",
     "OK": "active",
+    "PR": "active",
+    "PY": "active",
+    "RL": "active",
+    "RO": "active",
+    "RQ": "active",
     "SC": "active",
     "SN": "active",
     "XO": "active",
     "XX": "active",
-    "CA": "revoked",
-    "OC": "revoked",
-    "CR": "revoked",
-    "DC": "revoked",
-    "OD": "revoked",
-    "DR": "revoked",
-    "HD": "on-hold",
-    "OH": "on-hold",
-    "HR": "on-hold",
-    "RL": "active",
     "OR": "active",
     "RE": "completed",
     "RP": "active",
-    "RO": "active",
     "PA": "active",
 }
+# The IG has no ORC-1 map for MedicationRequest: a pharmacy order's cancel and hold requests keep
+# the meaning the pharmacy mapping gave them (CA withdrawn → cancelled, HD → on-hold).
+MEDICATION_CONTROL_0119 = {**ORDER_CONTROL_0119, "CA": "revoked", "HD": "on-hold"}
 
 # Order control / order status codes that discontinue an order already under way: a medication
 # order ended so is `stopped` (MedicationRequest has no RequestStatus `revoked`), others `cancelled`.
@@ -203,6 +216,10 @@ ALLERGY_CRITICALITY_0128 = {"SV": "high", "MO": "low", "MI": "low", "U": "unable
 
 # Table 0052 Diagnosis Type (DG1-6) → Condition.category (IG: all encounter-diagnosis)
 CONDITION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/condition-category"
+# ... and → Encounter.diagnosis.use (IG DG1[Encounter], ConceptMap DiagnosisType): A admitting → AD;
+# W working and F final have no diagnosis-role code and stay v2-0052 codes.
+DIAGNOSIS_ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/diagnosis-role"
+DIAGNOSIS_ROLE_0052 = {"A": ("AD", "Admission diagnosis")}
 
 # Table 0063 Relationship (NK1-3) → v3 RoleCode (ConceptMap table-0063-to-v3-rolecode, partial)
 RELATIONSHIP_0063 = {
@@ -232,12 +249,14 @@ RELATIONSHIP_0063 = {
 }
 ROLE_CODE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 
-# Table 0278 Filler Status (SCH-25) → AppointmentStatus
+# Table 0278 Filler Status (SCH-25) → AppointmentStatus (ConceptMap FillerStatusCodes[Appointment]:
+# Started → checked-in; Discontinued, Blocked and Overbook are unmapped there and keep the values
+# given here)
 APPOINTMENT_STATUS_0278 = {
     "PENDING": "pending",
     "WAITLIST": "waitlist",
     "BOOKED": "booked",
-    "STARTED": "arrived",
+    "STARTED": "checked-in",
     "COMPLETE": "fulfilled",
     "CANCELLED": "cancelled",
     "DC": "cancelled",
@@ -246,7 +265,9 @@ APPOINTMENT_STATUS_0278 = {
     "OVERBOOK": "booked",
     "NOSHOW": "noshow",
 }
-# SIU trigger → AppointmentStatus when SCH-25 is empty
+# SIU trigger → AppointmentStatus when SCH-25 is empty. S20/S21/S22 cancel, discontinue or delete
+# one service or resource of the appointment (v2 chapter 10), not the appointment: it stays booked
+# and the resources the message names decline (`RESOURCE_REMOVAL_TRIGGERS`).
 APPOINTMENT_STATUS_BY_TRIGGER = {
     "S12": "booked",
     "S13": "booked",
@@ -256,13 +277,32 @@ APPOINTMENT_STATUS_BY_TRIGGER = {
     "S17": "entered-in-error",
     "S18": "booked",
     "S19": "booked",
-    "S20": "cancelled",
-    "S21": "cancelled",
-    "S22": "entered-in-error",
+    "S20": "booked",
+    "S21": "booked",
+    "S22": "booked",
     "S23": "booked",
     "S24": "booked",
     "S26": "noshow",
 }
+RESOURCE_REMOVAL_TRIGGERS = frozenset({"S20", "S21", "S22"})
+# Table 0278 Filler Status of one resource (AIG-14, AIL-12, AIP-12) → Appointment.participant.status
+# (the IG maps the field, without a concept map): a resource that is not (or no longer) booked has
+# not accepted the appointment.
+PARTICIPANT_STATUS_0278 = {
+    "PENDING": "tentative",
+    "WAITLIST": "tentative",
+    "BOOKED": "accepted",
+    "STARTED": "accepted",
+    "COMPLETE": "accepted",
+    "OVERBOOK": "accepted",
+    "BLOCKED": "accepted",
+    "CANCELLED": "declined",
+    "DC": "declined",
+    "DELETED": "declined",
+}
+# Table 0276 Appointment Reason Codes: SCH-7 sent with them names the kind of appointment (R4 binds
+# Appointment.appointmentType to v2-0276), any other SCH-7 is the reason for it (IG SCH-7 note).
+APPOINTMENT_REASON_0276 = frozenset({"CHECKUP", "EMERGENCY", "FOLLOWUP", "ROUTINE", "WALKIN"})
 
 # Table 0271 Document Completion Status (TXA-17) → CompositionStatus (DocumentReference.docStatus)
 DOC_STATUS_0271 = {
@@ -276,6 +316,15 @@ DOC_STATUS_0271 = {
 }
 # Table 0275 Document Availability Status (TXA-19) → DocumentReferenceStatus
 DOC_AVAILABILITY_0275 = {"AV": "current", "CA": "entered-in-error", "OB": "superseded", "UN": "current"}
+
+# Table 0272 Document Confidentiality Status (TXA-18) → securityLabel (ConceptMap
+# DocumentConfidentialityStatus keeps the v2-0272 code) + the v3 Confidentiality code it means
+V3_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+DOC_CONFIDENTIALITY_0272 = {
+    "V": ("Very restricted", "V", "very restricted"),
+    "R": ("Restricted", "R", "restricted"),
+    "U": ("Usual control", "N", "normal"),
+}
 
 # Table 0322 Completion Status (RXA-20) → ImmunizationStatus
 IMMUNIZATION_STATUS_0322 = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
