@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fhir.resources.R4B import get_fhir_model_class
 
-from fhir_gateway.ingest.hl7v2.er7 import parse
-from fhir_gateway.ingest.hl7v2.messages import MappedMessage, map_message
+from fhir_gateway.ingest.hl7v2.messages import MappedMessage
+from tests.unit.hl7_cases import mapped, of
 
 V2_0004 = "http://terminology.hl7.org/CodeSystem/v2-0004"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -29,16 +28,11 @@ def adt(trigger: str, *segments: str) -> MappedMessage:
             *segments,
         ]
     )
-    result = map_message(parse(text))
-    assert not result.failed, result.issues
-    for entry in result.bundle["entry"]:
-        resource = entry["resource"]
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    return result
+    return mapped(text)
 
 
 def encounter(result: MappedMessage) -> dict[str, Any]:
-    [found] = [e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "Encounter"]
+    [found] = of(result, "Encounter")
     return found
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
-
-from fhir_gateway.ingest.hl7v2.er7 import parse
-from fhir_gateway.ingest.hl7v2.messages import MappedMessage, map_message
+from fhir_gateway.ingest.hl7v2.messages import MappedMessage
+from tests.unit.hl7_cases import mapped, of
 
 PATIENT = [
     "PID|1||MRN7788^^^GENHOSP^MR||Garcia^Elena^M||19780412|F",
@@ -18,16 +16,7 @@ PATIENT = [
 
 def message(kind: str, *segments: str) -> MappedMessage:
     msh = f"MSH|^~\\&|ADM|GENHOSP|BILL|GENHOSP|20240901100000-0400||{kind}|FIN5001|P|2.5.1"
-    result = map_message(parse("\r".join([msh, "EVN||20240901100000-0400", *PATIENT, *segments])))
-    assert not result.failed, result.issues
-    for entry in result.bundle["entry"]:
-        resource = entry["resource"]
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    return result
-
-
-def of(result: MappedMessage, res_type: str) -> list[dict[str, Any]]:
-    return [e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == res_type]
+    return mapped("\r".join([msh, "EVN||20240901100000-0400", *PATIENT, *segments]))
 
 
 def url(result: MappedMessage, resource: dict[str, Any]) -> str:

@@ -7,10 +7,9 @@ import base64
 from typing import Any
 
 import pytest
-from fhir.resources.R4B import get_fhir_model_class
 
-from fhir_gateway.ingest.hl7v2.er7 import parse
-from fhir_gateway.ingest.hl7v2.messages import MappedMessage, map_message
+from fhir_gateway.ingest.hl7v2.messages import MappedMessage
+from tests.unit.hl7_cases import mapped, of
 
 PATIENT = [
     "PID|1||MRN7788^^^GENHOSP^MR||Garcia^Elena^M||19780412|F",
@@ -37,18 +36,11 @@ def txa(
 
 def mdm(trigger: str, *segments: str) -> MappedMessage:
     msh = f"MSH|^~\\&|TRANS|GENHOSP|EHR|GENHOSP|20240801120000-0400||MDM^{trigger}|MDM4001|P|2.5.1"
-    result = map_message(parse("\r".join([msh, f"EVN|{trigger}|20240801120000-0400", *PATIENT, *segments])))
-    assert not result.failed, result.issues
-    for entry in result.bundle["entry"]:
-        resource = entry["resource"]
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    return result
+    return mapped("\r".join([msh, f"EVN|{trigger}|20240801120000-0400", *PATIENT, *segments]))
 
 
 def document(result: MappedMessage) -> dict[str, Any]:
-    [found] = [
-        e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "DocumentReference"
-    ]
+    [found] = of(result, "DocumentReference")
     return found
 
 

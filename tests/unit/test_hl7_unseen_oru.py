@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fhir.resources.R4B import get_fhir_model_class
 
-from fhir_gateway.ingest.hl7v2.er7 import parse
-from fhir_gateway.ingest.hl7v2.messages import MappedMessage, map_message
+from fhir_gateway.ingest.hl7v2.messages import MappedMessage
+from tests.unit.hl7_cases import mapped, of
 
 HEAD = [
     "MSH|^~\\&|LIS|LAB|EHR|HOSP|20240601120000+0000||ORU^R01^ORU_R01|ORU0001|P|2.5.1",
@@ -21,18 +20,11 @@ UCUM = "http://unitsofmeasure.org"
 
 
 def oru(*obx: str) -> MappedMessage:
-    result = map_message(parse("\r".join([*HEAD, *obx])))
-    assert not result.failed, result.issues
-    for entry in result.bundle["entry"]:
-        resource = entry["resource"]
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    return result
+    return mapped("\r".join([*HEAD, *obx]))
 
 
 def observation(result: MappedMessage) -> dict[str, Any]:
-    [found] = [
-        e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "Observation"
-    ]
+    [found] = of(result, "Observation")
     return found
 
 

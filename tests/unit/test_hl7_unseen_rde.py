@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fhir.resources.R4B import get_fhir_model_class
 
-from fhir_gateway.ingest.hl7v2.er7 import parse
-from fhir_gateway.ingest.hl7v2.messages import MappedMessage, map_message
+from fhir_gateway.ingest.hl7v2.messages import MappedMessage
+from tests.unit.hl7_cases import mapped, of
 
 HEAD = [
     "MSH|^~\\&|CPOE|HOSP|PHARM|HOSP|20240502143000+0200||RDE^O11^RDE_O11|RDE0001|P|2.5.1",
@@ -23,18 +22,11 @@ RXE = (
 
 
 def rde(*segments: str) -> MappedMessage:
-    result = map_message(parse("\r".join([*HEAD, *segments])))
-    assert not result.failed, result.issues
-    for entry in result.bundle["entry"]:
-        resource = entry["resource"]
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    return result
+    return mapped("\r".join([*HEAD, *segments]))
 
 
 def request(result: MappedMessage) -> dict[str, Any]:
-    [found] = [
-        e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "MedicationRequest"
-    ]
+    [found] = of(result, "MedicationRequest")
     return found
 
 

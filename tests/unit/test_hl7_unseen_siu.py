@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fhir.resources.R4B import get_fhir_model_class
 
-from fhir_gateway.ingest.hl7v2.er7 import parse
-from fhir_gateway.ingest.hl7v2.messages import MappedMessage, map_message
+from fhir_gateway.ingest.hl7v2.messages import MappedMessage
+from tests.unit.hl7_cases import mapped, of
 
 PID = "PID|1||MRN7788^^^GENHOSP^MR||Garcia^Elena^M||19780412|F"
 SCH = (
@@ -20,12 +19,7 @@ SCH = (
 
 def siu(trigger: str, *segments: str) -> MappedMessage:
     msh = f"MSH|^~\\&|SCHED|GENHOSP|EHR|GENHOSP|20240701080000-0400||SIU^{trigger}^SIU_S12|SIU3001|P|2.5.1"
-    result = map_message(parse("\r".join([msh, *segments])))
-    assert not result.failed, result.issues
-    for entry in result.bundle["entry"]:
-        resource = entry["resource"]
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    return result
+    return mapped("\r".join([msh, *segments]))
 
 
 def sch(reason: str = "", visit: str = "", end: str = "^20240715100000-0400", status: str = "") -> str:
@@ -33,9 +27,7 @@ def sch(reason: str = "", visit: str = "", end: str = "^20240715100000-0400", st
 
 
 def appointment(result: MappedMessage) -> dict[str, Any]:
-    [found] = [
-        e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == "Appointment"
-    ]
+    [found] = of(result, "Appointment")
     return found
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
-
-from fhir_gateway.ingest.hl7v2.er7 import parse
-from fhir_gateway.ingest.hl7v2.messages import MappedMessage, map_message
+from fhir_gateway.ingest.hl7v2.messages import MappedMessage
+from tests.unit.hl7_cases import mapped, of
 
 VXU = "\r".join(
     [
@@ -35,16 +33,7 @@ VXU = "\r".join(
 
 
 def _mapped() -> MappedMessage:
-    result = map_message(parse(VXU))
-    assert not result.failed, result.issues
-    for entry in result.bundle["entry"]:
-        resource = entry["resource"]
-        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-    return result
-
-
-def _of(result: MappedMessage, res_type: str) -> list[dict[str, Any]]:
-    return [e["resource"] for e in result.bundle["entry"] if e["resource"]["resourceType"] == res_type]
+    return mapped(VXU)
 
 
 def _url(result: MappedMessage, resource: dict[str, Any]) -> str:
@@ -52,7 +41,7 @@ def _url(result: MappedMessage, resource: dict[str, Any]) -> str:
 
 
 def test_administered_dose() -> None:
-    given = _of(_mapped(), "Immunization")[0]
+    given = of(_mapped(), "Immunization")[0]
     assert given["status"] == "completed" and given["primarySource"] is True
     assert given["vaccineCode"]["coding"] == [
         {"system": "http://hl7.org/fhir/sid/cvx", "code": "03", "display": "MMR"},
@@ -80,7 +69,7 @@ def test_administered_dose() -> None:
 
 
 def test_rxr_route_keeps_the_senders_code_system() -> None:
-    given, _, historical, _ = _of(_mapped(), "Immunization")
+    given, _, historical, _ = of(_mapped(), "Immunization")
     assert given["route"]["coding"] == [
         {
             "system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
@@ -97,7 +86,7 @@ def test_rxr_route_keeps_the_senders_code_system() -> None:
 
 
 def test_refusal_partial_and_deleted_doses() -> None:
-    _, refused, historical, deleted = _of(_mapped(), "Immunization")
+    _, refused, historical, deleted = of(_mapped(), "Immunization")
     assert refused["status"] == "not-done" and "doseQuantity" not in refused  # RXA-6 999
     assert refused["statusReason"]["coding"][0] == {"code": "00", "display": "Parental decision"}
     assert historical["status"] == "completed"  # PA: IG CompletionStatus → completed
@@ -108,8 +97,8 @@ def test_refusal_partial_and_deleted_doses() -> None:
 
 def test_order_group_obx_are_part_of_the_immunization() -> None:
     result = _mapped()
-    given = _of(result, "Immunization")[0]
-    funding, vis = _of(result, "Observation")
+    given = of(result, "Immunization")[0]
+    funding, vis = of(result, "Observation")
     assert funding["partOf"] == [{"reference": _url(result, given)}]
     assert vis["partOf"] == funding["partOf"] and vis["valueDateTime"] == "2024-04-10"
     assert funding["valueCodeableConcept"]["coding"][0]["code"] == "V02"

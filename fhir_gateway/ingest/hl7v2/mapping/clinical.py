@@ -99,13 +99,22 @@ def _allergy(
     ctx.last = ctx.keep(allergy, res_id)
 
 
+def _required_code(seg: Segment, ctx: MapContext, what: str) -> Json | None:
+    """DG1-3 / PR1-3 (the code), else field 4 (its description) as text; None, with a warning naming
+    the field, when both are empty: a diagnosis or procedure without either says nothing."""
+    code = codeable(_first(seg, 3)) or ({"text": seg.value(4)} if seg.value(4) else None)
+    if code is None:
+        name = seg.name
+        ctx.warn(seg, 3, REQUIRED_FIELD_MISSING, f"{name}-3 ({what} code) is empty; the {name} was skipped")
+    return code
+
+
 def map_dg1(seg: Segment, ctx: MapContext) -> None:
     if ctx.patient is None or ctx.patient_id is None:
         return
     code_rep = _first(seg, 3)
-    code = codeable(code_rep) or ({"text": seg.value(4)} if seg.value(4) else None)
+    code = _required_code(seg, ctx, "diagnosis")
     if code is None:
-        ctx.warn(seg, 3, REQUIRED_FIELD_MISSING, "DG1-3 (diagnosis code) is empty; the DG1 was skipped")
         return
     condition: Json = {"resourceType": "Condition", "subject": ctx.patient, "code": code}
     condition["category"] = [
@@ -195,9 +204,8 @@ def map_pr1(seg: Segment, ctx: MapContext) -> None:
     if ctx.patient is None or ctx.patient_id is None:
         return
     code_rep = _first(seg, 3)
-    code = codeable(code_rep) or ({"text": seg.value(4)} if seg.value(4) else None)
+    code = _required_code(seg, ctx, "procedure")
     if code is None:
-        ctx.warn(seg, 3, REQUIRED_FIELD_MISSING, "PR1-3 (procedure code) is empty; the PR1 was skipped")
         return
     procedure: Json = {"resourceType": "Procedure", "status": "completed", "subject": ctx.patient}
     procedure["code"] = code
