@@ -130,6 +130,14 @@ def test_update_and_cancel_events(trigger: str, status: str) -> None:
     assert enc["status"] == status
 
 
+def test_a_cancelled_discharge_leaves_the_visit_open() -> None:
+    """A13 carries the discharge it cancels in PV1-45: the Encounter is in progress, with no end."""
+    pv1 = seg("PV1", f1="1", f2="I", f19="V9^^^HOSP^VN", f44="20240625100000+0200", f45="20240701083000+0200")
+    enc = encounter(adt("A13", pv1))
+    assert (enc["status"], enc["period"]) == ("in-progress", {"start": "2024-06-25T10:00:00+02:00"})
+    assert encounter(adt("A03", pv1))["period"]["end"] == "2024-07-01T08:30:00+02:00"
+
+
 def test_bad_length_of_stay_is_a_warning_naming_the_field() -> None:
     result = adt("A08", seg("PV1", f1="1", f2="O", f19="V9^^^HOSP^VN"), seg("PV2", f11="six"))
     assert "length" not in encounter(result)

@@ -73,6 +73,8 @@ def map_pv1(seg: Segment, ctx: MapContext) -> None:
         encounter["class"] = {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK"}
     start = date_time(seg.value(44), ctx.tz)
     end = date_time(seg.value(45), ctx.tz)
+    if ctx.message.message_code == "ADT" and ctx.message.trigger == "A13":
+        end = None  # cancel discharge: PV1-45 is the discharge being taken back, the visit goes on
     encounter["status"] = _status(ctx.message.trigger, ctx.message.message_code, start, end)
     put(encounter, "period", period(start, end))
     visit = next((r for r in seg.repetitions(19) if comp(r, 1)), None)
@@ -124,7 +126,7 @@ def map_pv1(seg: Segment, ctx: MapContext) -> None:
 def _status(trigger: str, code: str, start: str | None, end: str | None) -> str:
     if code in ("ADT", "BAR") and trigger in tables.ENCOUNTER_STATUS_BY_TRIGGER:
         status = tables.ENCOUNTER_STATUS_BY_TRIGGER[trigger]
-        if status == "in-progress" and end and trigger not in ("A13",):
+        if status == "in-progress" and end:
             return "finished"
         return status
     if end:
