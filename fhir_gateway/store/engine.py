@@ -45,8 +45,8 @@ def create_engine(url: str) -> AsyncEngine:
         # all kept: with overflow, connections handed back while 20 sat idle were closed, and under
         # load new ones were opened again and again (TCP, TLS negotiation, authentication,
         # SQLAlchemy's set-up: 8 % of a worker serving reads at 1,000 connections). Patient reads,
-        # 2 workers: 1,151-1,260/s with overflow, 1,525-1,786/s without (benchmarks/README,
-        # 2026-12-06). Past POOL_SIZE a request waits for a connection (pool_timeout).
+        # 2 workers: 1,151-1,260/s with overflow, 1,692-1,937/s with this pool in four runs of five
+        # (benchmarks/README, 2026-12-06). Past POOL_SIZE a request waits for one (pool_timeout).
         kwargs.update(pool_size=POOL_SIZE, max_overflow=0)
     engine = create_async_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
