@@ -283,28 +283,30 @@ def apply_timing(request: Json, ctx: MapContext) -> None:
 
 
 def _timing(seg: Segment, request: Json, ctx: MapContext) -> None:
+    """One TQ1 on its request; TQ1-9 is the priority of either kind when nothing before set one."""
     if request.get("resourceType") == "MedicationRequest":
         _dosage_timing(seg, request, ctx)
     elif request.get("resourceType") == "ServiceRequest":
         _service_timing(seg, request, ctx)
-
-
-def _service_timing(seg: Segment, request: Json, ctx: MapContext) -> None:
-    """TQ1-7/8 → occurrencePeriod (TQ1 is the v2.5+ timing: it wins over ORC-7/OBR-27 and OBR-6,
-    and occurrence[x] holds one of them), TQ1-9 → priority when OBR-5/TQ gave none (IG
-    TQ1[ServiceRequest])."""
-    when = period(ctx.when(seg, 7), ctx.when(seg, 8))
-    if when:
-        request.pop("occurrenceDateTime", None)
-        request["occurrencePeriod"] = when
+    else:
+        return
     prio = PRIORITY.get(seg.value(9).upper())
     if prio:
         request.setdefault("priority", prio)
 
 
+def _service_timing(seg: Segment, request: Json, ctx: MapContext) -> None:
+    """TQ1-7/8 → occurrencePeriod (TQ1 is the v2.5+ timing: it wins over ORC-7/OBR-27 and OBR-6,
+    and occurrence[x] holds one of them) (IG TQ1[ServiceRequest])."""
+    when = period(ctx.when(seg, 7), ctx.when(seg, 8))
+    if when:
+        request.pop("occurrenceDateTime", None)
+        request["occurrencePeriod"] = when
+
+
 def _dosage_timing(seg: Segment, request: Json, ctx: MapContext) -> None:
-    """TQ1-3 repeat pattern → timing.code, TQ1-7/8 → timing.repeat.boundsPeriod, TQ1-9 → priority,
-    TQ1-11 text instruction → dosage text (IG TQ1[MedicationRequest]); the first TQ1 wins."""
+    """TQ1-3 repeat pattern → timing.code, TQ1-7/8 → timing.repeat.boundsPeriod, TQ1-11 text
+    instruction → dosage text (IG TQ1[MedicationRequest]); the first TQ1 wins."""
     dosage = request.setdefault("dosageInstruction", [{}])[0]
     timing: Json = {}
     pattern = seg.value(3)
@@ -319,6 +321,3 @@ def _dosage_timing(seg: Segment, request: Json, ctx: MapContext) -> None:
     if timing:
         dosage.setdefault("timing", timing)
     put(dosage, "text", dosage.get("text") or seg.value(11))
-    prio = PRIORITY.get(seg.value(9).upper())
-    if prio:
-        request.setdefault("priority", prio)
