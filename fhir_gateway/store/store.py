@@ -194,9 +194,9 @@ class Transaction:
     unique-key clash with a concurrent writer fails that unit, not its whole group) and in `flush()`.
     """
 
-    def __init__(self, conn: Connection, pks: PkBlocks | None = None) -> None:
+    def __init__(self, conn: Connection, pks: PkBlocks) -> None:
         self.conn = conn
-        self._pks = pks or PkBlocks()
+        self._pks = pks  # the Store's: shared by its transactions
         # SQLite: the buffered writes go to the driver directly (InlineConnection.write)
         self._inline = conn if isinstance(conn, InlineConnection) else None
         self._history: list[dict[str, Any]] = []
