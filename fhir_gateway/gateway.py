@@ -44,6 +44,7 @@ from fhir_gateway.privacy.grants import BREAK_GLASS_ROLE, policy_for
 from fhir_gateway.privacy.redact import redact
 from fhir_gateway.settings import Settings
 from fhir_gateway.store import searching
+from fhir_gateway.store.database import Connection
 from fhir_gateway.store.group import GroupCommit
 from fhir_gateway.store.search.params import ParsedSearch, parse_search
 from fhir_gateway.store.search.query import where_clause
@@ -283,9 +284,15 @@ class Gateway:
         return body
 
     async def conditional_query(
-        self, res_type: str, query: str | Sequence[tuple[str, str]], where: str, ctx: RequestContext
+        self,
+        res_type: str,
+        query: str | Sequence[tuple[str, str]],
+        where: str,
+        ctx: RequestContext,
+        conn: Connection,
     ) -> Select[Any]:
-        """The current resources a conditional create/update/delete/reference selects (at most 2).
+        """The current resources a conditional create/update/delete/reference selects (at most 2),
+        for the write transaction holding `conn` (the key ring is read through it).
 
         Only resources the caller may see can match: a hidden match must not change the answer
         (no existence oracle), so for this caller it does not exist.
@@ -295,7 +302,7 @@ class Gateway:
             raise BadRequest("A conditional request needs search parameters", expression=where)
         parsed = parse_search(res_type, raw, strict=True, default_count=2, max_count=2)
         if self.crypto is not None:
-            parsed = await self.crypto.protect_search(self.store, parsed)
+            parsed = await self.crypto.protect_search(self.store, parsed, conn)
         assert ctx.policy is not None, "the submit compiles the caller's policy before any query"
         visible = ctx.policy.visible
         return select_current().where(where_clause(parsed, visible=visible)).limit(2)
@@ -365,12 +372,12 @@ class Gateway:
             resource = redact(resource, decision.masks)
         return replace(version, content=dumps(resource))
 
-    async def plaintext(self, version: StoredVersion) -> Resource:
+    async def plaintext(self, version: StoredVersion, conn: Connection | None = None) -> Resource:
         """A stored version's resource, PHI decrypted (for the write path's own needs: PATCH bases,
-        no-change checks, conditional-create answers)."""
+        no-change checks, conditional-create answers; `conn` is the write transaction's)."""
         resource = version.resource()
         if self.crypto is not None and version.content is not None and ENCRYPTED_MARK in version.content:
-            resource = await self.crypto.open(self.store, resource, version.res_type, version.res_id)
+            resource = await self.crypto.open(self.store, resource, version.res_type, version.res_id, conn)
         return resource
 
     async def authoritative(

@@ -115,7 +115,7 @@ class EntryProcessor:
         key = (version.res_type, version.res_id, version.version_id)
         opened = self._opened.get(key)
         if opened is None:
-            opened = self._opened[key] = dumps(await self.gw.plaintext(version))
+            opened = self._opened[key] = dumps(await self.gw.plaintext(version, self.tx.conn))
         resource: Resource = loads(opened, what="stored resource")
         return resource
 
@@ -190,7 +190,8 @@ class EntryProcessor:
     async def find(
         self, res_type: str, query: str | tuple[tuple[str, str], ...], where: str
     ) -> list[StoredVersion]:
-        return await self.tx.select(await self.gw.conditional_query(res_type, query, where, self.ctx))
+        select = await self.gw.conditional_query(res_type, query, where, self.ctx, self.tx.conn)
+        return await self.tx.select(select)
 
     async def _conditional_update_id(self, plan: EntryPlan) -> str:
         t = plan.target

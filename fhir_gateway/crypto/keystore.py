@@ -53,9 +53,14 @@ class KeyStore:
                 pass
         return await self.ring(store)
 
-    async def ring(self, store: Store) -> Keyring:
-        async with store.reader() as conn:
+    async def ring(self, store: Store, conn: Connection | None = None) -> Keyring:
+        """The current ring, read through `conn` when the caller holds one (a write transaction):
+        a task that holds a pooled connection must never wait for a second one, or a full pool
+        (every connection held by such a task) waits until pool_timeout and fails them all."""
+        if conn is not None:
             return await self.current(conn)
+        async with store.reader() as reader:
+            return await self.current(reader)
 
     async def current(self, conn: Connection) -> Keyring:
         """The ring as the table says now (one small SELECT when nothing changed)."""

@@ -76,18 +76,26 @@ class PhiCrypto:
         return Sealer(await self.keys.current(conn), self.fields)
 
     async def open(
-        self, store: Store, resource: dict[str, Any], res_type: str, res_id: str
+        self,
+        store: Store,
+        resource: dict[str, Any],
+        res_type: str,
+        res_id: str,
+        conn: Connection | None = None,
     ) -> dict[str, Any]:
         """The plaintext of a stored resource; a version sealed by another process since this one
-        last looked is loaded once. DecryptionFailed for this resource only."""
-        ring = self.keys.cached or await self.keys.ring(store)
+        last looked is loaded once (through `conn` inside a transaction, KeyStore.ring).
+        DecryptionFailed for this resource only."""
+        ring = self.keys.cached or await self.keys.ring(store, conn)
         try:
             return decrypt_resource(resource, res_type, res_id, ring)
         except DecryptionFailed as exc:
             if exc.missing_version is None:
                 raise
-        return decrypt_resource(resource, res_type, res_id, await self.keys.ring(store))
+        return decrypt_resource(resource, res_type, res_id, await self.keys.ring(store, conn))
 
-    async def protect_search(self, store: Store, parsed: ParsedSearch) -> ParsedSearch:
-        ring = await self.keys.ring(store)
+    async def protect_search(
+        self, store: Store, parsed: ParsedSearch, conn: Connection | None = None
+    ) -> ParsedSearch:
+        ring = await self.keys.ring(store, conn)
         return protect_search(parsed, ring, self.fields, string_search=self.config.string_search)

@@ -23,6 +23,7 @@ from sqlalchemy.pool import Pool
 MIGRATIONS = Path(__file__).parent / "migrations"
 IDLE_PING_SECONDS = 5.0  # ping_after_idle
 POOL_SIZE = 40  # PostgreSQL connections per process (create_engine)
+POOL_TIMEOUT_SECONDS = 30.0  # how long a request waits for a free connection before it fails
 
 
 def is_sqlite(url: str) -> bool:
@@ -46,8 +47,10 @@ def create_engine(url: str) -> AsyncEngine:
         # load new ones were opened again and again (TCP, TLS negotiation, authentication,
         # SQLAlchemy's set-up: 8 % of a worker serving reads at 1,000 connections). Patient reads,
         # 2 workers: 1,151-1,260/s with overflow, 1,692-1,937/s with this pool in four runs of five
-        # (benchmarks/README, 2026-12-06). Past POOL_SIZE a request waits for one (pool_timeout).
-        kwargs.update(pool_size=POOL_SIZE, max_overflow=0)
+        # (benchmarks/README, 2026-12-06). Past POOL_SIZE a request waits for one (pool_timeout),
+        # which is safe only because no task holding a connection ever asks for a second one (a
+        # write transaction reads the key ring through its own: crypto/keystore.py KeyStore.ring).
+        kwargs.update(pool_size=POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT_SECONDS)
     engine = create_async_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)

@@ -1,19 +1,27 @@
 """PostgreSQL connections: one left idle while its server session died is replaced before use, one
-handed back a moment ago is used without a check (no ping round trips on a busy pool), and reads
-run outside a transaction."""
+handed back a moment ago is used without a check (no ping round trips on a busy pool), reads
+run outside a transaction, and a write never waits for a second connection while it holds one."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from fhir_gateway.api.app import create_app
+from fhir_gateway.api.runtime import Runtime
 from fhir_gateway.store import engine as engines
 from fhir_gateway.store.database import AsyncDatabase
-from tests.conftest import PG_URL
+from tests.conftest import PG_URL, make_settings
 
 pytestmark = pytest.mark.postgres
+FHIR = {"Content-Type": "application/fhir+json"}
+MRN = "identifier=urn:mrn|7"
 
 
 async def backend_pid(database: AsyncDatabase) -> int:
@@ -70,3 +78,43 @@ async def test_reads_run_outside_a_transaction() -> None:
             ).scalar_one()
     finally:
         await database.dispose()
+
+
+@asynccontextmanager
+async def gateway_app(url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    app = create_app(make_settings(url))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test/fhir") as client:
+            yield client, app.state.runtime
+
+
+async def test_a_write_never_waits_for_a_second_connection(
+    monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    """With one connection per process, the writes that read the key ring inside their transaction
+    (conditional create and update on an encrypted identifier, a PATCH of a version sealed under a
+    key this process has not loaded yet) still succeed. Were any of them to ask the pool for a second
+    connection while holding one, it would wait for pool_timeout and fail: under load, with every
+    connection held by such a request, all of them would."""
+    monkeypatch.setattr(engines, "POOL_SIZE", 1)
+    monkeypatch.setattr(engines, "POOL_TIMEOUT_SECONDS", 2.0)
+    patient = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "7"}]}
+    async with gateway_app(pg_url) as (a, _), gateway_app(pg_url) as (b, other):
+        created = (await a.post("/Patient", json=patient, headers=FHIR)).raise_for_status().json()
+        again = await a.post("/Patient", json=patient, headers={**FHIR, "If-None-Exist": MRN})
+        assert again.status_code == 200 and again.json()["id"] == created["id"]
+        updated = await a.put(f"/Patient?{MRN}", json={**patient, "gender": "female"}, headers=FHIR)
+        assert updated.status_code == 200 and updated.json()["id"] == created["id"]
+
+        crypto = other.gateway.crypto
+        assert crypto is not None
+        await crypto.keys.add_version(other.store)  # another process rotates and seals with version 2
+        path = f"/Patient/{created['id']}"
+        (
+            await b.put(path, json={**patient, "id": created["id"], "gender": "male"}, headers=FHIR)
+        ).raise_for_status()
+        patch = [{"op": "replace", "path": "/gender", "value": "other"}]
+        patched = await a.patch(path, json=patch, headers={"Content-Type": "application/json-patch+json"})
+        assert patched.status_code == 200 and patched.json()["gender"] == "other"
+        assert (await a.get(path)).json()["identifier"] == patient["identifier"]
