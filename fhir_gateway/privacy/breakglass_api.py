@@ -68,11 +68,13 @@ INTEGER_TYPES = ("valueInteger", "valuePositiveInt", "valueUnsignedInt")
 
 
 def build_breakglass_router(
-    runtime: Runtime, prefix: str, audit_log: AuditLog, *, on_enqueue: Callable[[], None] | None = None
+    runtime: Runtime, prefix: str, audit_log: AuditLog, *, on_enqueue: Callable[[], None]
 ) -> APIRouter:
     """The three operations. Include it before the REST router (its paths would match `{res_type}`).
 
-    `on_enqueue` is called after a notification was committed (pass `services.dispatcher.wake`).
+    `on_enqueue` is called after a notification was committed (pass `services.dispatcher.wake`):
+    required, since a router that did not wake the dispatcher would leave the privacy officer's
+    notification waiting for its next poll.
     """
     router = APIRouter(prefix=prefix, route_class=FhirRoute)
     settings = runtime.settings
@@ -97,8 +99,7 @@ def build_breakglass_router(
             audit_log=audit_log,
             client_address=client_of(request),
         )
-        if on_enqueue is not None:
-            on_enqueue()
+        on_enqueue()
         return FhirResponse(_opened(grant, settings.privacy.break_glass_justify_hours), pretty=pretty)
 
     @router.post("/$break-glass-justify")

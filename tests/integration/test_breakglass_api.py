@@ -285,10 +285,24 @@ async def test_purpose_as_coding_or_codeable_concept(tmp_path: Path) -> None:
         concept = (
             "purposeOfUse",
             "valueCodeableConcept",
-            {"coding": [{"system": "urn:other", "code": "Z"}, {"code": "ETREAT"}]},
+            {"coding": [{"system": "urn:other", "code": "Z"}, {"system": act_reason}, {"code": "ETREAT"}]},
         )
         assert values((await break_glass(env, "p1", coding)).json())["purposeOfUse"]["code"] == "BTG"
         assert values((await break_glass(env, "p2", concept)).json())["purposeOfUse"]["code"] == "ETREAT"
+
+
+async def test_report_of_a_grant_whose_user_has_no_fhir_user_names_the_subject_only(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as env:
+        locum = env.token("locum-3", "clinician", "emergency_access")  # no fhirUser claim
+        opened = await break_glass(env, "p2", headers=locum)
+        assert opened.status_code == 200, opened.text
+        report = await env.client.get("/$break-glass-report", headers=env.officer)
+        [entry] = report.json()["parameter"]
+        row = values({"parameter": entry["part"]})
+        assert row["subject"] == "locum-3" and "fhirUser" not in row
+        assert row["grant"] == values(opened.json())["grant"]
 
 
 async def test_retries_until_the_webhook_comes_back(tmp_path: Path, webhook: Webhook) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from fhir_gateway.audit.config import AuditSettings
 from fhir_gateway.audit.events import AuditSource, Interaction, break_glass_policy, rest_event
@@ -34,6 +34,7 @@ from fhir_gateway.privacy.tables import break_glass_grants
 from fhir_gateway.routing import outbox
 from fhir_gateway.routing.outbox import Backoff, DeliveryError, Dispatcher, Message
 from fhir_gateway.settings import Settings
+from fhir_gateway.store.engine import is_sqlite
 from fhir_gateway.store.store import Store
 from tests.conftest import make_settings, pg_schema
 
@@ -577,3 +578,37 @@ async def test_the_pdp_opens_only_the_patients_of_the_callers_live_grants(
     assert after.override == {"p1"} and after.grant_ids == (break_glass_policy(grant.grant_id),)
     other = dataclasses.replace(caller, subject="dr-no")
     assert (await grants_for(other, settings, consents)).override == frozenset()
+
+
+async def test_a_grant_another_process_escalates_or_closes_meanwhile_is_not_done_twice(
+    store: Store, settings: Settings, audit_log: AuditLog
+) -> None:
+    """Two server processes' follow-up loops meet the same due grant: both select it, the other
+    process marks it first, and this one, waiting on the row, then finds it marked and neither
+    notifies nor records a stop event for it (PostgreSQL; SQLite serialises whole write
+    transactions, so there the second one selects nothing)."""
+    if is_sqlite(settings.database_url):
+        pytest.skip("SQLite takes the write lock before the select: the two cannot overlap")
+    grant = await open_(store, settings, audit_log, minutes=10)
+    other = Store(settings.database_url)  # the other process's connections
+    mine_marks = (
+        ("escalated_at", lambda: bg.escalate_overdue(store, T0 + 24 * HOUR, settings)),
+        ("closed", lambda: bg.close_expired(store, audit_log, T0 + 24 * HOUR)),
+    )
+    try:
+        for column, mine in mine_marks:
+            async with other.transaction() as tx:
+                await tx.conn.execute(
+                    update(break_glass_grants)
+                    .where(break_glass_grants.c.grant_id == grant.grant_id)
+                    .values({column: T0 + 24 * HOUR})
+                )
+                task = asyncio.create_task(mine())
+                await asyncio.sleep(0.5)
+                assert not task.done()  # it selected the grant as due and waits for its row
+            assert await task == 0
+    finally:
+        await other.dispose()
+    await audit_log.flush(timeout=5)
+    assert [m.payload["event"] for m in await outbox.messages(store)] == [bg.OPENED]
+    assert not [e for e in await events(store) if subtype(e) == "110138"]
