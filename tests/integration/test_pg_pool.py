@@ -4,20 +4,16 @@ run outside a transaction, and a write never waits for a second connection while
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import asyncpg
-import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from fhir_gateway.api.app import create_app
-from fhir_gateway.api.runtime import Runtime
+from fhir_gateway.crypto.service import PhiCrypto
 from fhir_gateway.store import engine as engines
 from fhir_gateway.store.database import AsyncDatabase
-from tests.conftest import PG_URL, make_settings
+from fhir_gateway.store.store import Store
+from tests.conftest import PG_URL, make_settings, open_client
 
 pytestmark = pytest.mark.postgres
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -80,13 +76,14 @@ async def test_reads_run_outside_a_transaction() -> None:
         await database.dispose()
 
 
-@asynccontextmanager
-async def gateway_app(url: str) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
-    app = create_app(make_settings(url))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test/fhir") as client:
-            yield client, app.state.runtime
+async def rotate(url: str) -> None:
+    """Another process starts key version 2 (`fhir-gateway keys rotate` beside the server)."""
+    crypto, store = PhiCrypto.from_settings(make_settings(url)), Store(url)
+    assert crypto is not None
+    try:
+        await crypto.keys.add_version(store)
+    finally:
+        await store.dispose()
 
 
 async def test_a_write_never_waits_for_a_second_connection(
@@ -100,20 +97,18 @@ async def test_a_write_never_waits_for_a_second_connection(
     monkeypatch.setattr(engines, "POOL_SIZE", 1)
     monkeypatch.setattr(engines, "POOL_TIMEOUT_SECONDS", 2.0)
     patient = {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "7"}]}
-    async with gateway_app(pg_url) as (a, _), gateway_app(pg_url) as (b, other):
-        created = (await a.post("/Patient", json=patient, headers=FHIR)).raise_for_status().json()
-        again = await a.post("/Patient", json=patient, headers={**FHIR, "If-None-Exist": MRN})
+    async for a in open_client(make_settings(pg_url)):
+        created = (await a.post("/fhir/Patient", json=patient, headers=FHIR)).raise_for_status().json()
+        again = await a.post("/fhir/Patient", json=patient, headers={**FHIR, "If-None-Exist": MRN})
         assert again.status_code == 200 and again.json()["id"] == created["id"]
-        updated = await a.put(f"/Patient?{MRN}", json={**patient, "gender": "female"}, headers=FHIR)
+        updated = await a.put(f"/fhir/Patient?{MRN}", json={**patient, "gender": "female"}, headers=FHIR)
         assert updated.status_code == 200 and updated.json()["id"] == created["id"]
 
-        crypto = other.gateway.crypto
-        assert crypto is not None
-        await crypto.keys.add_version(other.store)  # another process rotates and seals with version 2
-        path = f"/Patient/{created['id']}"
-        (
-            await b.put(path, json={**patient, "id": created["id"], "gender": "male"}, headers=FHIR)
-        ).raise_for_status()
+        await rotate(pg_url)
+        path = f"/fhir/Patient/{created['id']}"
+        async for b in open_client(make_settings(pg_url)):  # a second server seals with version 2
+            body = {**patient, "id": created["id"], "gender": "male"}
+            (await b.put(path, json=body, headers=FHIR)).raise_for_status()
         patch = [{"op": "replace", "path": "/gender", "value": "other"}]
         patched = await a.patch(path, json=patch, headers={"Content-Type": "application/json-patch+json"})
         assert patched.status_code == 200 and patched.json()["gender"] == "other"
