@@ -154,6 +154,16 @@ def test_format_instant() -> None:
     assert date_range(format_instant(stamp))[0] == stamp
 
 
+@given(st.floats(min_value=-6.2e10, max_value=2.5e11, allow_nan=False, allow_infinity=False))
+def test_format_instant_writes_what_datetime_writes(epoch: float) -> None:
+    # the second is kept from the previous call: interleave another second to exercise both ways
+    format_instant(epoch + 7200)
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=epoch)
+    expected = moment.isoformat(timespec="milliseconds")
+    assert format_instant(epoch) == expected
+    assert format_instant(epoch) == expected
+
+
 def test_now_instant_is_an_instant_for_now() -> None:
     text = now_instant()
     low, high = date_range(text)
