@@ -3,7 +3,8 @@
     python tools/compile_definitions.py [--source ../shared/fhir-r4] [--out fhir_gateway]
 
 Writes `profiles/search-parameters.json`, `profiles/summary-elements.json`, the validator's element
-tables `profiles/structures.json`, and the terminology it binds to, `terminology/valuesets.json` and
+tables `profiles/structures.json` and core extension definitions `profiles/extensions.json`, and the
+terminology it binds to, `terminology/valuesets.json` and
 `terminology/codesystems.json`, under --out. The output is deterministic (sorted keys, sorted
 lists), so re-running it on the same source reproduces the committed files byte for byte; tests
 check that.
@@ -677,6 +678,30 @@ def compile_terminology(
     }
 
 
+# --- extension definitions ----------------------------------------------------------------------
+
+
+def compile_extensions(defs: Definitions, source: Path) -> dict[str, Any]:
+    """url -> what the validator checks of a core extension used in an instance: the types its
+    value may have (`[]`: a complex extension, which has nested extensions and no value), whether it
+    is a modifier, and the contexts it may be used in (element paths or type names)."""
+    table: dict[str, Any] = {}
+    for sd in _entries(source / "extension-definitions.json.gz"):
+        if sd["resourceType"] != "StructureDefinition" or sd.get("type") != "Extension":
+            continue
+        elements = sd["snapshot"]["element"]
+        value = next((e for e in elements if e["path"] == "Extension.value[x]"), None)
+        types = (
+            [] if value is None or value.get("max") == "0" else sorted(_type_code(t) for t in value["type"])
+        )
+        table[sd["url"]] = {
+            "value": types,
+            "modifier": bool(elements[0].get("isModifier")),
+            "context": sorted({c["expression"] for c in sd.get("context", ())}),
+        }
+    return {"generated": defs.header(), "extensions": dict(sorted(table.items()))}
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -720,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         structures = compile_structures(defs)
         outputs["structures.json"] = (structures, 3)
+        outputs["extensions.json"] = (compile_extensions(defs, args.source), 2)
         valuesets, codesystems = compile_terminology(defs, args.source, structures)
     except (OSError, KeyError, DefinitionError) as exc:
         print(f"compile_definitions: {exc}", file=sys.stderr)

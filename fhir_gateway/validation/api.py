@@ -24,6 +24,7 @@ from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import BadRequest, Issue, operation_outcome
 from fhir_gateway.fhir.requests import check_id, check_type
 from fhir_gateway.gateway import Gateway
+from fhir_gateway.validation import extensions
 from fhir_gateway.validation.validator import MODES, is_valid, validate
 
 ALL_OK = "All OK"
@@ -126,11 +127,13 @@ async def _parameters(request: Request, max_bytes: int) -> dict[str, Any]:
 async def _structure_definitions(
     gateway: Gateway, ctx: RequestContext, resource: Any, profiles: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """The stored StructureDefinitions for the requested profiles and the resource's meta.profile."""
+    """The stored StructureDefinitions for the requested profiles, the resource's meta.profile and the
+    extensions it uses that are not core R4 (an extension whose definition is stored is known)."""
     wanted = list(profiles)
     meta = resource.get("meta") if isinstance(resource, dict) else None
     if isinstance(meta, dict) and isinstance(meta.get("profile"), list):
         wanted += [p for p in meta["profile"] if isinstance(p, str)]
+    wanted += extensions.unresolved_urls(resource)
     found: dict[str, dict[str, Any]] = {}
     for url in dict.fromkeys(p.split("|")[0] for p in wanted):
         if url.startswith("http://hl7.org/fhir/StructureDefinition/") or len(found) > 20:

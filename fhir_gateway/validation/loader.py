@@ -107,14 +107,15 @@ class Node:
     constraints: tuple[Constraint, ...] = ()
 
 
-def _read(name: str) -> dict[str, Any]:
+def read_table(name: str) -> dict[str, Any]:
+    """A compiled table shipped in the package (profiles/, terminology/)."""
     data: dict[str, Any] = orjson.loads(resources.files("fhir_gateway").joinpath(name).read_bytes())
     return data
 
 
 @functools.cache
 def structures() -> dict[str, Any]:
-    return _read("profiles/structures.json")
+    return read_table("profiles/structures.json")
 
 
 @functools.cache
@@ -267,12 +268,12 @@ def preload() -> None:
 
 @functools.cache
 def _valuesets() -> dict[str, Any]:
-    return _read("terminology/valuesets.json")
+    return read_table("terminology/valuesets.json")
 
 
 @functools.cache
 def _codesystems() -> dict[str, Any]:
-    return _read("terminology/codesystems.json")
+    return read_table("terminology/codesystems.json")
 
 
 @functools.cache

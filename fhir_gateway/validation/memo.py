@@ -30,32 +30,39 @@ class ValidationMemo:
         self.size = size
         self._issues: OrderedDict[bytes, tuple[Issue, ...]] = OrderedDict()
 
-    def validate(self, resource: Any, *, mode: str | None, run_invariants: bool) -> list[Issue]:
-        """`validator.validate(resource, mode=..., run_invariants=...)`, from memory when seen before.
+    def validate(
+        self, resource: Any, *, mode: str | None, run_invariants: bool, unknown_extensions: str
+    ) -> list[Issue]:
+        """`validator.validate(resource, mode=..., ...)`, from memory when seen before.
 
         The issues are fresh copies each time: callers relocate their expressions in place.
         """
-        key = _digest(resource, mode, run_invariants)
+        options = (mode, run_invariants, unknown_extensions)
+        key = _digest(resource, options)
         if key is None:  # not serialisable as JSON (an integer beyond 64 bits): just validate it
-            return validate(resource, mode=mode, run_invariants=run_invariants)
+            return validate(
+                resource, mode=mode, run_invariants=run_invariants, unknown_extensions=unknown_extensions
+            )
         known = self._issues.get(key)
         if known is not None:
             self._issues.move_to_end(key)
             return _copies(known)
-        issues = validate(resource, mode=mode, run_invariants=run_invariants)
+        issues = validate(
+            resource, mode=mode, run_invariants=run_invariants, unknown_extensions=unknown_extensions
+        )
         self._issues[key] = tuple(_copies(issues))
         if len(self._issues) > self.size:
             self._issues.popitem(last=False)
         return issues
 
 
-def _digest(resource: Any, mode: str | None, run_invariants: bool) -> bytes | None:
+def _digest(resource: Any, options: tuple[Any, ...]) -> bytes | None:
     try:
         body = orjson.dumps(resource)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return None
     digest = hashlib.blake2b(body, digest_size=16)
-    digest.update(f"\x00{mode}\x00{run_invariants}".encode())
+    digest.update("".join(f"\x00{option}" for option in options).encode())
     return digest.digest()
 
 

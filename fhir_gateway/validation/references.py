@@ -2,15 +2,19 @@
 
 Contained resources (https://hl7.org/fhir/R4/references.html#contained), natively rather than by
 the dom-2..dom-5 expressions (dom-3 walks every descendant of the resource in FHIRPath):
-dom-2 no nested contained, dom-3 each contained resource is referenced from the container (or
-refers to it with `#`), dom-4 no meta.versionId/lastUpdated, dom-5 no meta.security. A local
-reference `#x` must name a contained resource (ref-1).
+dom-2 no nested contained, dom-3 each contained resource is referenced from the container (by a
+Reference or, as dom-3's expression allows, a canonical/uri/url `#id`) or refers to it with `#`,
+dom-4 no meta.versionId/lastUpdated, dom-5 no meta.security. A local reference `#x` must name a
+contained resource (ref-1).
 
 Bundles (https://hl7.org/fhir/R4/bundle.html): fullUrl must be absolute and agree with the
 resource's type and id; in a transaction or batch a `urn:uuid:`/`urn:oid:` reference must resolve
 to an entry (the server could not process it otherwise: error); elsewhere such a reference, and in
-a document or message any reference, that does not resolve inside the Bundle is a warning. The
-bdl-* invariants (fullUrl uniqueness, request/response presence) run in invariants.py.
+a document or message any reference, that does not resolve inside the Bundle is a warning. A paging
+link relation (self, first, ...) occurs once; in a searchset, entries in `outcome` mode hold
+OperationOutcomes, the others have ids, and a `match` is of a type its `self` link searched for (as
+the HL7 Java validator checks). The bdl-* invariants (fullUrl uniqueness, request/response presence)
+run in invariants.py.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from fhir_gateway.definitions.search_parameters import resource_types
 from fhir_gateway.validation.walk import Scope, Walk
 
 _RESTFUL = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
@@ -41,6 +46,7 @@ def _contained(walk: Walk, scope: Scope) -> None:
     contained = scope.resource.get("contained")
     family = _family(walk, scope) if not scope.contained else [scope]
     local_refs = {ref for member in family for ref, _ in member.references if ref.startswith("#")}
+    local_refs.update(uri for member in family for uri in member.local_uris)
     if not scope.contained:
         ids = (
             {r.get("id") for r in contained if isinstance(r, dict)} if isinstance(contained, list) else set()
@@ -84,7 +90,9 @@ def _contained(walk: Walk, scope: Scope) -> None:
                     expr,
                 )
         own = children.get(id(resource))
-        refers_back = own is not None and any(ref == "#" for ref, _ in own.references)
+        refers_back = own is not None and (
+            any(ref == "#" for ref, _ in own.references) or "#" in own.local_uris
+        )
         rid = resource.get("id")
         if not refers_back and not (isinstance(rid, str) and f"#{rid}" in local_refs):
             walk.error(
@@ -95,8 +103,12 @@ def _contained(walk: Walk, scope: Scope) -> None:
             )
 
 
+_SINGLE_LINKS = frozenset({"self", "first", "prev", "previous", "next", "last"})
+
+
 def _bundle(walk: Walk, scope: Scope) -> None:
     bundle = scope.resource
+    _links(walk, bundle.get("link"), scope.prefix)
     entries = bundle.get("entry")
     if not isinstance(entries, list):
         return
@@ -123,11 +135,73 @@ def _bundle(walk: Walk, scope: Scope) -> None:
             rid = resource.get("id")
             if match[1] != resource.get("resourceType") or (isinstance(rid, str) and match[2] != rid):
                 walk.error("invalid", "The fullUrl does not match the type and id of the resource", expr)
+    if kind == "searchset":
+        _search_set(walk, bundle, entries, scope.prefix)
     entry_scopes = [s for s in walk.scopes if s.parent is scope and not s.contained]
     for entry_scope in entry_scopes:
         for member in _family(walk, entry_scope):
             for ref, expr in member.references:
                 _resolve(walk, kind, ref, expr, targets)
+
+
+def _links(walk: Walk, links: Any, prefix: str) -> None:
+    """A paging relation (self, first, prev, next, last) names one page: it occurs once at most."""
+    seen: set[str] = set()
+    for index, link in enumerate(links if isinstance(links, list) else ()):
+        relation = link.get("relation") if isinstance(link, dict) else None
+        if relation in _SINGLE_LINKS:
+            if relation in seen:
+                walk.error(
+                    "invalid",
+                    f"The link relationship type '{relation}' can only occur once",
+                    f"{prefix}.link[{index}]",
+                )
+            seen.add(relation)
+
+
+def _search_set(walk: Walk, bundle: dict[str, Any], entries: list[Any], prefix: str) -> None:
+    """A search result: outcome entries hold OperationOutcomes, the others have ids, and a match is
+    of a type the search (its `self` link) asked for."""
+    searched = _searched_types(bundle.get("link"))
+    for index, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        search = entry.get("search")
+        mode = search.get("mode") if isinstance(search, dict) else None
+        res_type = resource.get("resourceType")
+        expr = f"{prefix}.entry[{index}].resource"
+        if mode == "outcome":
+            if res_type != "OperationOutcome":
+                walk.error("invalid", f"This is not an OperationOutcome ({res_type})", expr)
+            continue
+        if mode is None and res_type == "OperationOutcome":
+            continue  # an outcome without a mode, as servers send it
+        if not resource.get("id"):
+            walk.error("invalid", "Search results must have ids", expr)
+        if mode == "match" and searched and res_type not in searched:
+            walk.error(
+                "invalid",
+                f"This is not a matching resource type for the specified search "
+                f"({res_type} expecting [{', '.join(searched)}])",
+                expr,
+            )
+
+
+def _searched_types(links: Any) -> list[str]:
+    """The resource types a search asked for: `[base/]Type?...`, or its `_type` parameter."""
+    for link in links if isinstance(links, list) else ():
+        url = link.get("url") if isinstance(link, dict) else None
+        if not isinstance(link, dict) or link.get("relation") != "self" or not isinstance(url, str):
+            continue
+        path, _, query = url.partition("?")
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        if last in resource_types():
+            return [last]
+        for name, _, value in (part.partition("=") for part in query.split("&")):
+            if name == "_type" and value:
+                return [t for t in value.split(",") if t]
+    return []
 
 
 def _resolve(walk: Walk, kind: Any, ref: str, expr: str, targets: set[str]) -> None:

@@ -28,6 +28,9 @@ from fhir_gateway.validation.memo import ValidationMemo
 from fhir_gateway.validation.validator import ERRORS
 
 MODES = ("strict", "errors", "warn", "off")
+# An extension nobody loaded a definition for is stored with a warning, not refused: clients and
+# feeds carry national and vendor extensions (US Core race, ...) that `$validate` reports as errors.
+UNKNOWN_EXTENSIONS = "warning"
 FEEDS = frozenset({"hl7v2", "dicom"})
 
 
@@ -42,7 +45,12 @@ class ValidationStage:
         mode = self.feed_mode if ctx.source in FEEDS else self.mode
         if mode == "off" or change.resource is None:
             return
-        issues = self.memo.validate(change.resource, mode=change.interaction, run_invariants=self.invariants)
+        issues = self.memo.validate(
+            change.resource,
+            mode=change.interaction,
+            run_invariants=self.invariants,
+            unknown_extensions=UNKNOWN_EXTENSIONS,
+        )
         _relocate(issues, change)
         rejecting = ERRORS | {"warning"} if mode == "strict" else ERRORS if mode == "errors" else frozenset()
         if any(issue.severity in rejecting for issue in issues):

@@ -22,6 +22,7 @@ from fhir_gateway.validation.loader import PRIMITIVE_TYPES, Element, Node, node_
 from fhir_gateway.validation.walk import MAX_DEPTH, Scope, Task, Walk
 
 EXTENSION_TYPES = frozenset({"Extension"})
+_URI_TYPES = frozenset({"canonical", "uri", "url"})  # whose `#id` values point at contained resources
 
 
 def walk_resource(
@@ -176,6 +177,8 @@ def _primitive_value(
     if problem is not None:
         walk.error(problem[0], problem[1], item_expr)
     else:
+        if type_name in _URI_TYPES and item.startswith("#"):
+            scope.local_uris.add(item)
         if element.max_length is not None and isinstance(item, str) and len(item) > element.max_length:
             walk.error("too-long", f"The value exceeds the maximum length of {element.max_length}", item_expr)
         if element.binding is not None and type_name in bindings.BINDABLE_PRIMITIVES:
@@ -236,6 +239,7 @@ def _complex_item(
         walk.tasks.append(Task(child.constraints, item, child.path, item_expr, scope))
     if type_name == "Extension":
         _extension(walk, item, item_expr)
+        walk.extensions.append((item, item_expr, element.name == "modifierExtension"))
     elif type_name == "Reference":
         reference = item.get("reference")
         if isinstance(reference, str):

@@ -27,6 +27,9 @@ class Scope:
     parent: Scope | None = None
     contained: bool = False
     references: list[tuple[str, str]] = field(default_factory=list)  # (reference text, expression)
+    # `#id` values of canonical/uri/url elements: dom-3 counts them as references to a contained
+    # resource (a ValueSet's `#cs` include), but they are not References, so ref-1 does not apply
+    local_uris: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -45,6 +48,7 @@ class Walk:
     issues: list[Issue] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
     scopes: list[Scope] = field(default_factory=list)
+    extensions: list[tuple[dict[str, Any], str, bool]] = field(default_factory=list)  # (ext, expr, modifier?)
     truncated: bool = False
 
     def add(self, severity: str, code: str, text: str, expression: str) -> None:

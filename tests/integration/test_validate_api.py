@@ -91,6 +91,36 @@ async def test_a_stored_profile_is_used(client: httpx.AsyncClient) -> None:
     assert any("Patient.birthDate: minimum required" in i["diagnostics"] for i in _issues(response))
 
 
+async def test_an_extension_is_known_once_its_definition_is_stored(client: httpx.AsyncClient) -> None:
+    url = "http://hospital.example.net/fhir/StructureDefinition/ward-preference"
+    patient = PATIENT | {"extension": [{"url": url, "valueString": "quiet"}]}
+    unknown = f"The extension {url} could not be found so is not allowed here"
+    before = await client.post("/fhir/Patient/$validate", json=patient, headers=FHIR)
+    assert [(i["severity"], i["expression"]) for i in _issues(before) if i["diagnostics"] == unknown] == [
+        ("error", ["Patient.extension[0]"])
+    ]
+    # the write path stores it: an extension nobody defined does not refuse a write
+    written = await client.post("/fhir/Patient", json=patient, headers=FHIR)
+    assert written.status_code == 201, written.text
+    definition = {
+        "resourceType": "StructureDefinition",
+        "url": url,
+        "name": "WardPreference",
+        "status": "active",
+        "kind": "complex-type",
+        "abstract": False,
+        "context": [{"type": "element", "expression": "Patient"}],
+        "type": "Extension",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Extension",
+        "derivation": "constraint",
+        "differential": {"element": [{"id": "Extension.url", "path": "Extension.url", "fixedUri": url}]},
+    }
+    stored = await client.post("/fhir/StructureDefinition", json=definition, headers=FHIR)
+    assert stored.status_code == 201, stored.text
+    after = await client.post("/fhir/Patient/$validate", json=patient, headers=FHIR)
+    assert _issues(after)[0]["diagnostics"] == "All OK"
+
+
 async def test_instance_level_and_delete_mode(client: httpx.AsyncClient) -> None:
     created = await client.post("/fhir/Patient", json=PATIENT, headers=FHIR)
     assert created.status_code == 201

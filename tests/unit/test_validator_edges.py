@@ -104,9 +104,16 @@ def test_fhirpath_corners() -> None:
 URL = "http://example.org/StructureDefinition/p"
 
 
+EXT = "http://example.org/ext"
+
+
 def _profile(elements: list[dict[str, Any]], *, snapshot: bool = False) -> dict[str, dict[str, Any]]:
     body = {"snapshot" if snapshot else "differential": {"element": elements}}
-    return {URL: {"resourceType": "StructureDefinition", "url": URL, "type": "Patient"} | body}
+    extension = {"resourceType": "StructureDefinition", "url": EXT, "type": "Extension"}
+    return {
+        URL: {"resourceType": "StructureDefinition", "url": URL, "type": "Patient"} | body,
+        EXT: extension,
+    }
 
 
 def _patient(**extra: Any) -> dict[str, Any]:
@@ -119,7 +126,7 @@ def _patient(**extra: Any) -> dict[str, Any]:
 
 
 def test_profile_extension_slices_and_exists_discriminators() -> None:
-    ext = "http://example.org/ext"
+    ext = EXT
     defs = _profile(
         [
             {"id": "Patient", "path": "Patient"},

@@ -85,7 +85,9 @@ def test_empty_objects_strings_and_nulls() -> None:
 
 
 def test_primitive_extensions_pair_with_their_values() -> None:
-    ext = {"extension": [{"url": "http://example.org/x", "valueString": "y"}]}
+    ext = {
+        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "y"}]
+    }
     assert is_valid(validate(patient(birthDate=None) | {"_birthDate": ext}))
     given = patient(name=[{"given": ["a", None], "_given": [None, ext]}])
     assert is_valid(validate(given))
@@ -228,14 +230,17 @@ def test_unexpandable_value_sets_say_not_checked() -> None:
     assert notes and notes[0].severity == "information" and "not checked" in notes[0].diagnostics
 
 
+BIRTH_TIME = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
+
+
 def test_extensions() -> None:
     both = patient(
         extension=[
-            {"url": "http://x.org/e", "valueString": "a", "extension": [{"url": "b", "valueString": "c"}]}
+            {"url": BIRTH_TIME, "valueDateTime": "2020", "extension": [{"url": "b", "valueString": "c"}]}
         ]
     )
     assert errors(both)[0][:2] == ("invariant", "Patient.extension[0]")
-    neither = patient(extension=[{"url": "http://x.org/e"}])
+    neither = patient(extension=[{"url": BIRTH_TIME}])
     assert where(neither) == ["Patient.extension[0]"]
     versioned = patient(extension=[{"url": "http://x.org/e|1.0", "valueString": "a"}])
     assert where(versioned) == ["Patient.extension[0]"]
