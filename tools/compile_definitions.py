@@ -42,6 +42,13 @@ SEGMENT = re.compile(
     r"\.?(?:as\((?P<cast>\w+)\)|where\(resolve\(\) is (?P<resolves>\w+)\)"
     r"|where\((?P<field>\w+)='(?P<value>[^']*)'\)|(?P<name>%?\w+)(?:\[(?P<index>\d+)\])?)"
 )
+# R4 invariants whose expression contradicts their own text, with the expression the HL7 Java
+# validator evaluates instead (it agrees with the text): que-12 says "more than one enableWhen".
+CONSTRAINT_FIXES = {
+    ("que-12", "enableWhen.count() > 2 implies enableBehavior.exists()"): (
+        "enableWhen.count() > 1 implies enableBehavior.exists()"
+    ),
+}
 # The FHIR types each search-parameter type can index; anything else is a definition error.
 _TEXTS = frozenset({"string", "markdown", "code", "id", "uri", "url", "canonical"})
 _URIS = frozenset({"uri", "url", "canonical", "oid", "uuid"})
@@ -465,7 +472,8 @@ def _element_record(
         if ident is None:
             ident = c["key"] if c["key"] not in constraints else f"{c['key']}#{len(seen)}"
             seen[(c["key"], c["expression"])] = ident
-            constraints[ident] = [c["key"], c["severity"], c["expression"], c.get("human", "")]
+            expression = CONSTRAINT_FIXES.get((c["key"], c["expression"]), c["expression"])
+            constraints[ident] = [c["key"], c["severity"], expression, c.get("human", "")]
         ids.append(ident)
     if ids:
         record["constraints"] = list(dict.fromkeys(ids))

@@ -301,6 +301,12 @@ def code_system(url: str) -> CodeSystem | None:
 
 
 @functools.cache
+def code_system_urls() -> frozenset[str]:
+    """Every CodeSystem canonical shipped in terminology/codesystems.json."""
+    return frozenset(_codesystems()["codeSystems"])
+
+
+@functools.cache
 def value_set_urls() -> frozenset[str]:
     """Every ValueSet canonical in the R4 definitions (to spot a Coding.system naming a value set)."""
     return frozenset(_codesystems()["valueSetUrls"])

@@ -17,7 +17,7 @@ import base64
 import binascii
 from typing import Any
 
-from fhir_gateway.validation import bindings, primitives
+from fhir_gateway.validation import bindings, canonical, primitives
 from fhir_gateway.validation.loader import PRIMITIVE_TYPES, Element, Node, node_for, resource_types
 from fhir_gateway.validation.walk import MAX_DEPTH, Scope, Task, Walk
 
@@ -179,6 +179,8 @@ def _primitive_value(
     else:
         if type_name in _URI_TYPES and item.startswith("#"):
             scope.local_uris.add(item)
+        elif type_name == "canonical" and element.targets:
+            canonical.check_target(walk, element.targets, item, item_expr)
         if element.max_length is not None and isinstance(item, str) and len(item) > element.max_length:
             walk.error("too-long", f"The value exceeds the maximum length of {element.max_length}", item_expr)
         if element.binding is not None and type_name in bindings.BINDABLE_PRIMITIVES:

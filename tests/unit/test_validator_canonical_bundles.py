@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhir_gateway.validation.canonical import CONTAINED_SYSTEM_HINT
 from fhir_gateway.validation.validator import validate
 
 CODE_SYSTEM = {
@@ -48,15 +49,11 @@ def test_canonical_urls_must_be_absolute() -> None:
                 ["ValueSet.contained[0]/*CodeSystem/c1*/.url"],
             ),
             (
-                "URI values in ValueSet.compose.include.system must be absolute. To reference a contained code "
-                "system, use the full CodeSystem URL and reference it using the "
-                "http://hl7.org/fhir/StructureDefinition/valueset-system extension",
+                f"URI values in ValueSet.compose.include.system must be absolute. {CONTAINED_SYSTEM_HINT}",
                 ["ValueSet.compose.include[0]"],
             ),
             (
-                "URI values in ValueSet.compose.exclude.system must be absolute. To reference a contained code "
-                "system, use the full CodeSystem URL and reference it using the "
-                "http://hl7.org/fhir/StructureDefinition/valueset-system extension",
+                f"URI values in ValueSet.compose.exclude.system must be absolute. {CONTAINED_SYSTEM_HINT}",
                 ["ValueSet.compose.exclude[0]"],
             ),
         ]
@@ -130,3 +127,60 @@ def test_paging_links_occur_once() -> None:
         ("The link relationship type 'self' can only occur once", ["Bundle.link[2]"]),
         ("The link relationship type 'next' can only occur once", ["Bundle.link[3]"]),
     ]
+
+
+def test_a_canonical_naming_a_core_definition_of_another_type() -> None:
+    answers = {"resourceType": "QuestionnaireResponse", "status": "completed"}
+    wrong = answers | {"questionnaire": "http://hl7.org/fhir/ValueSet/example-extensional|4.0.1"}
+    assert _errors(wrong) == [
+        (
+            "Canonical URL 'http://hl7.org/fhir/ValueSet/example-extensional|4.0.1' refers to a resource "
+            "that has the wrong type. Found ValueSet expecting one of [Questionnaire]",
+            ["QuestionnaireResponse.questionnaire"],
+        )
+    ]
+    assert _errors(answers | {"questionnaire": "http://hospital.example.net/Questionnaire/intake"}) == []
+    # an element whose targets include any resource accepts every definition
+    library = {"resourceType": "Library", "status": "active", "type": {"text": "x"}}
+    assert (
+        _errors(library | {"relatedArtifact": [{"type": "depends-on", "resource": CODE_SYSTEM["url"]}]}) == []
+    )
+
+
+def test_a_capability_statement_cites_search_parameters_with_their_type() -> None:
+    param = {
+        "name": "clinical-status",
+        "definition": "http://hl7.org/fhir/SearchParameter/AllergyIntolerance-clinical-status|4.0.1",
+    }
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2024-01-01",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "implementation": {"description": "x"},
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [{"type": "AllergyIntolerance", "searchParam": [param | {"type": "date"}]}],
+            }
+        ],
+    }
+    assert _errors(statement) == [
+        (
+            f"Type mismatch - SearchParameter '{param['definition']}' type is token, but type here is date",
+            ["CapabilityStatement.rest[0].resource[0].searchParam[0]"],
+        )
+    ]
+    statement["rest"][0]["resource"][0]["searchParam"] = [param | {"type": "token"}]
+    assert _errors(statement) == []
+
+
+def test_more_than_one_enable_when_needs_enable_behavior() -> None:
+    # que-12's R4 expression says "> 2" against its own text; the reference validator checks "> 1"
+    conditions = [{"question": q, "operator": "=", "answerInteger": 1} for q in ("n0", "n1")]
+    item = {"linkId": "n2", "type": "integer", "enableWhen": conditions}
+    questionnaire = {"resourceType": "Questionnaire", "status": "draft", "item": [item]}
+    assert [where for _, where in _errors(questionnaire)] == [["Questionnaire.item[0]"]]
+    assert _errors(questionnaire | {"item": [item | {"enableBehavior": "all"}]}) == []
