@@ -448,6 +448,18 @@ def test_in1_relationship_wins_and_in2_edges() -> None:
     assert not resources(alone, "Coverage")
     skipped = valid(mapped("ADT^A08", IN1, "IN2", "IN1|2", seg("IN2", f6="MC-2")))
     assert "identifier" not in one(skipped, "Coverage")  # the second IN2 belongs to the skipped IN1
+    assert issues(skipped) == {("W", "101", "IN1-3")}
+    # a plan without a company: the Coverage is kept, its payor (1..1) marked unknown
+    plan_only = valid(mapped("ADT^A04", "IN1|1|PAR^PARENT||||LUIGI"))
+    unknown_payor = one(plan_only, "Coverage")
+    assert unknown_payor["payor"] == [
+        {
+            "extension": [
+                {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
+            ]
+        }
+    ]
+    assert unknown_payor["class"][0]["value"] == "PAR" and issues(plan_only) == {("W", "101", "IN1-3")}
     kept = valid(mapped("ADT^A08", IN1 + "|||||||||||||SEL", seg("IN2", f2="000-00-0000")))
     ssns = [i["value"] for i in one(kept, "Patient")["identifier"] if i.get("system", "").endswith("us-ssn")]
     assert ssns == ["123-45-6789"]  # PID-19 stays the patient's SSN

@@ -1,6 +1,8 @@
 """IN1 (+ IN2) → Coverage (IG: Segment IN1 to Coverage); FT1 → ChargeItem (Segment FT1 to ChargeItem).
 
-The payor is a logical reference (IN1-3 company id, IN1-4 name): no Organization is invented.
+The payor is a logical reference (IN1-3 company id, IN1-4 name): no Organization is invented. An
+IN1 that names a plan or policy but no company keeps its Coverage, the payor marked data-absent
+(unknown): dropping it would lose the insured and the plan.
 A Coverage's id is the patient + the company + the policy (IN1-36) or plan (IN1-2), so the same
 insurance repeated in every ADT stays one Coverage.
 """
@@ -32,6 +34,7 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     put,
 )
 from fhir_gateway.ingest.hl7v2.mapping.encounter import relationship
+from fhir_gateway.ingest.hl7v2.mapping.header import DATA_ABSENT
 from fhir_gateway.ingest.hl7v2.mapping.patient import US_SSN, gender
 from fhir_gateway.ingest.hl7v2.mapping.resources import name_text, organization, practitioner
 
@@ -53,21 +56,26 @@ def map_in1(seg: Segment, ctx: MapContext) -> None:
         return
     company_id = seg.value(3)
     company_name = seg.value(4)
+    policy = seg.value(36)
     payor: Json = {}
     put(payor, "display", company_name)
     if company_id:
         payor["identifier"] = {"value": company_id}
-    if not payor:
-        ctx.warn(seg, 3, REQUIRED_FIELD_MISSING, "IN1-3/IN1-4 (insurance company) are empty; IN1 skipped")
+    if not payor and not (seg.value(2) or policy):
+        ctx.warn(
+            seg, 3, REQUIRED_FIELD_MISSING, "IN1 names no insurance company, plan or policy; IN1 skipped"
+        )
         ctx.last = None  # its IN2 must not enrich the Coverage of the insurance before it
         return
+    if not payor:  # the plan (IN1-2) or policy is known: keep it, the payor (1..1) marked unknown
+        ctx.warn(seg, 3, REQUIRED_FIELD_MISSING, "IN1-3/IN1-4 (insurance company) are empty; payor unknown")
+        payor = {"extension": [{"url": DATA_ABSENT, "valueCode": "unknown"}]}
     coverage: Json = {
         "resourceType": "Coverage",
         "status": "active",
         "beneficiary": ctx.patient,
         "payor": [payor],
     }
-    policy = seg.value(36)
     put(coverage, "subscriberId", policy)
     put(coverage, "period", period(date(seg.value(12)), date(seg.value(13))))
     put(coverage, "type", code_in(next(iter(seg.repetitions(15)), None), "0086"))
