@@ -28,10 +28,12 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from importlib.resources import files
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, get_args, get_origin
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from cryptography.fernet import Fernet, InvalidToken
@@ -119,6 +121,23 @@ class Hl7Settings(_Section):
     # Messages waiting at the same moment (several connections) are committed together, each in its own
     # savepoint and each ACKed after that commit; at most this many per commit (store/group.py).
     group_commit_max_messages: int = Field(default=64, ge=1)
+    # The senders' local time zone (IANA name, e.g. "America/Chicago"), for times that carry no UTC
+    # offset when MSH-7 has none either: most v2 feeds send local time. Unset, such times keep only
+    # their date (FHIR needs a zone with a time, and a guessed one would shift every result).
+    timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"hl7.timezone: {value!r} is not an IANA time zone") from None
+        return value
+
+    def zone(self) -> tzinfo | None:
+        return ZoneInfo(self.timezone) if self.timezone else None
 
 
 class DicomSettings(_Section):

@@ -700,3 +700,30 @@ def test_providers_named_by_xcn_are_kept_as_logical_references() -> None:
     assert charge["performer"] == [
         {"actor": {"identifier": {"value": "D7"}, "type": "Practitioner", "display": "Dora Doc"}}
     ]
+
+
+def test_times_without_a_zone_take_the_configured_one_with_its_daylight_saving() -> None:
+    from zoneinfo import ZoneInfo
+
+    def effective(msh7: str, obx14: str, zone: ZoneInfo | None) -> Any:
+        text = "\r".join(
+            [
+                f"MSH|^~\\&|LAB|HOSP|EHR|HOSP|{msh7}||ORU^R01|TZ1|P|2.5.1",
+                "PID|1||MRN7^^^HOSP^MR||Doe^Jo",
+                "OBR|1||F1|24317-0^Hemogram^LN",
+                f"OBX|1|NM|11273-0^Erythrocytes^LN||4.06|tera.l-1|||||F|||{obx14}",
+            ]
+        )
+        mapped = map_message(parse(text), zone)
+        [observation] = [
+            e["resource"] for e in mapped.bundle["entry"] if e["resource"]["resourceType"] == "Observation"
+        ]
+        return observation.get("effectiveDateTime")
+
+    chicago = ZoneInfo("America/Chicago")
+    assert effective("201410060645", "201410060627", None) == "2014-10-06"  # no zone anywhere: the date only
+    assert effective("201410060645", "201410060627", chicago) == "2014-10-06T06:27:00-05:00"  # CDT
+    assert effective("201412060645", "201412060627", chicago) == "2014-12-06T06:27:00-06:00"  # CST
+    # the sender's MSH-7 offset, and the value's own, come before the configured zone
+    assert effective("201410060645+0200", "201410060627", chicago) == "2014-10-06T06:27:00+02:00"
+    assert effective("201410060645", "201410060627+0100", chicago) == "2014-10-06T06:27:00+01:00"

@@ -362,3 +362,10 @@ def test_production_accepts_real_keys() -> None:
         "FHIR_GATEWAY_SECURITY__ENCRYPTION_KEY": generate_master_key(),
     }
     assert load_settings(None, environ=environ).environment == "production"
+
+
+def test_hl7_timezone_is_an_iana_zone() -> None:
+    chicago = load_settings(None, environ={}, overrides={"hl7": {"timezone": "America/Chicago"}}).hl7.zone()
+    assert chicago is not None and str(chicago) == "America/Chicago"
+    assert load_settings(None, environ={}).hl7.zone() is None
+    assert "hl7.timezone" in error_of(None, environ={}, overrides={"hl7": {"timezone": "Mars/Olympus"}})

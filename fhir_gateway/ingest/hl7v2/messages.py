@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import traceback
 from dataclasses import dataclass, field
+from datetime import tzinfo
 
 import structlog
 
@@ -113,8 +114,10 @@ def _default_trigger(structure: str) -> str:
     return structure.partition("_")[2]
 
 
-def map_message(message: Message) -> MappedMessage:
-    ctx = MapContext(message, source_system(message), tz=offset(message.msh.value(7)))
+def map_message(message: Message, zone: tzinfo | None = None) -> MappedMessage:
+    """The message as a transaction Bundle. `zone` (settings `hl7.timezone`) dates the times of a
+    sender whose MSH-7 carries no UTC offset; without either, such times are cut to their date."""
+    ctx = MapContext(message, source_system(message), tz=offset(message.msh.value(7)) or zone)
     try:
         for seg in message.segments:
             mapper = SEGMENT_MAPPERS.get(seg.name)

@@ -84,6 +84,7 @@ class Receiver:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.zone = runtime.settings.hl7.zone()  # for times without a UTC offset (settings hl7.timezone)
 
     async def receive(self, data: bytes | str, *, replay_of: int | None = None) -> Reply:
         raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -130,7 +131,7 @@ class Receiver:
                 async with self.runtime.store.transaction() as tx:
                     await hl7_store.mark_replayed(tx.conn, replay_of)
             return Reply(stored, Outcome.ACCEPTED, duplicate=True)
-        mapped = map_message(message)
+        mapped = map_message(message, self.zone)
         if mapped.failed:
             acks = acknowledgements(message, Outcome.ERROR, mapped.issues)
             error_id = await self._queue(key, _type(message), raw, "AE", mapped.issues, replay_of)

@@ -15,7 +15,7 @@ from typing import Any
 
 from fhir_gateway.fhir.ids import stable_id
 from fhir_gateway.ingest.hl7v2.er7 import Message, Segment
-from fhir_gateway.ingest.hl7v2.mapping.datatypes import date_time, instant
+from fhir_gateway.ingest.hl7v2.mapping.datatypes import Zone, date_time, instant
 
 Resource = dict[str, Any]
 Reference = dict[str, Any]
@@ -61,7 +61,8 @@ class Entry:
 class MapContext:
     message: Message
     source: str  # "MSH-3^MSH-4" of the sender: the authority of message-scoped ids
-    tz: str | None = None  # the sender's UTC offset (from MSH-7), applied to times sent without one
+    # applied to times sent without a zone: the sender's UTC offset (MSH-7), else the configured zone
+    tz: Zone | None = None
     issues: list[MapIssue] = field(default_factory=list)
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
     patient: Reference | None = None

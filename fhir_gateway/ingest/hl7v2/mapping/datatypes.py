@@ -8,6 +8,7 @@ mappers can write `put(resource, "birthDate", date(...))` without checks.
 from __future__ import annotations
 
 import re
+from datetime import datetime, tzinfo
 from typing import Any
 
 from fhir_gateway.ingest.hl7v2.mapping import tables
@@ -77,9 +78,13 @@ def date(text: str) -> str | None:
     return "-".join(p for p in (year, month, day if month else "") if p)
 
 
-def date_time(text: str, default_tz: str | None = None) -> str | None:
-    """DTM → FHIR dateTime. A time needs a zone in FHIR: the value's own, else the sender's
-    (MSH-7), else the value is cut to its date rather than guessing a zone."""
+Zone = str | tzinfo  # a fixed UTC offset ('+02:00', from MSH-7) or a configured zone (DST aware)
+
+
+def date_time(text: str, default_tz: Zone | None = None) -> str | None:
+    """DTM → FHIR dateTime. A time needs a zone in FHIR: the value's own, else `default_tz` (the
+    sender's MSH-7 offset, else the receiver's `hl7.timezone`, whose offset on that local date and
+    time is taken), else the value is cut to its date rather than guessing a zone."""
     parts = _parts(text) if text else None
     if parts is None:
         return None
@@ -89,10 +94,13 @@ def date_time(text: str, default_tz: str | None = None) -> str | None:
     zone = ("+00:00" if tz == "Z" else f"{tz[:3]}:{tz[3:]}") if tz else default_tz
     if zone is None:
         return f"{year}-{month}-{day}"
+    if isinstance(zone, tzinfo):
+        local = datetime(int(year), int(month), int(day), int(hour), int(minute or 0), tzinfo=zone)
+        zone = local.isoformat()[-6:]
     return f"{year}-{month}-{day}T{hour}:{minute or '00'}:{second or '00'}{frac}{zone}"
 
 
-def instant(text: str, default_tz: str | None = None) -> str | None:
+def instant(text: str, default_tz: Zone | None = None) -> str | None:
     """DTM → FHIR instant (needs seconds and a zone); None when it cannot be one."""
     value = date_time(text, default_tz)
     return value if value and "T" in value else None
