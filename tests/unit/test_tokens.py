@@ -33,8 +33,10 @@ PRODUCTION = load_settings(
 
 
 def claims(**over: Any) -> dict[str, Any]:
+    # a day's lifetime: the attack table below is built when the module is collected, and each row
+    # must fail for its own reason, not for having expired while a slow suite ran up to it
     now = int(time.time())
-    base = {"iss": "fhir-gateway", "aud": "fhir-gateway", "sub": "alice", "exp": now + 300, "iat": now}
+    base = {"iss": "fhir-gateway", "aud": "fhir-gateway", "sub": "alice", "exp": now + 86400, "iat": now}
     return {k: v for k, v in {**base, **over}.items() if v is not None}
 
 
