@@ -111,12 +111,15 @@ class EntryProcessor:
 
     async def plaintext(self, version: StoredVersion) -> Resource:
         """`Gateway.plaintext`, decrypting each stored version once per submit: the authority stage
-        and the no-change check both open the previous version. Every caller gets its own copy."""
+        and the no-change check both open the previous version. Every caller gets its own copy: the
+        first the decrypted resource itself, the later ones a copy parsed from it as it was then."""
         key = (version.res_type, version.res_id, version.version_id)
         opened = self._opened.get(key)
-        if opened is None:
-            opened = self._opened[key] = dumps(await self.gw.plaintext(version, self.tx.conn))
-        resource: Resource = loads(opened, what="stored resource")
+        if opened is not None:
+            copy: Resource = loads(opened, what="stored resource")
+            return copy
+        resource = await self.gw.plaintext(version, self.tx.conn)
+        self._opened[key] = dumps(resource)
         return resource
 
     def where(self, plan: EntryPlan) -> str:
