@@ -22,17 +22,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from fhir_gateway.validation.loader import read_table
+from fhir_gateway.validation.loader import PRIMITIVE_TYPES, read_table
 from fhir_gateway.validation.walk import Walk
 
 _CROSS_VERSION = re.compile(r"^http://hl7\.org/fhir/\d\.\d/StructureDefinition/extension-")
 _TOOLING = ("http://hl7.org/fhir/tools/StructureDefinition/",)
-_PRIMITIVES = frozenset(
-    {
-        "base64Binary", "boolean", "canonical", "code", "date", "dateTime", "decimal", "id", "instant",
-        "integer", "markdown", "oid", "positiveInt", "string", "time", "unsignedInt", "uri", "url", "uuid",
-    }
-)  # fmt: skip
 
 
 # Extensions the gateway itself writes beyond core R4, known to its validator so that a client
@@ -130,7 +124,7 @@ def _check_value(walk: Walk, url: str, allowed: list[str], found: str, expr: str
 def _value_type(suffix: str) -> str:
     """`String` (of valueString) -> `string`; `CodeableConcept` stays."""
     lowered = suffix[:1].lower() + suffix[1:]
-    return lowered if lowered in _PRIMITIVES else suffix
+    return lowered if lowered in PRIMITIVE_TYPES else suffix
 
 
 def _modifier_mismatch(as_modifier: bool) -> str:
