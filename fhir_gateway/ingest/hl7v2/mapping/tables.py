@@ -412,6 +412,8 @@ CODING_SYSTEM_0396 = {
     "NCIT": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",  # NCI Thesaurus (CDC route codes)
     "NCI": "http://ncimeta.nci.nih.gov",  # NCI Metathesaurus
     "CDCREC": "urn:oid:2.16.840.1.113883.6.238",
+    "CDCPHINVS": "urn:oid:2.16.840.1.114222.4.5.274",  # CDC local coding system (HTA-registered OID)
+    "CDCGS1VIS": "urn:oid:2.16.840.1.114222.4.5.307",  # VIS bar codes (immunization OBX-5)
     "HCPCS": "http://terminology.hl7.org/CodeSystem/HCPCS",
     "HPC": "http://terminology.hl7.org/CodeSystem/HCPCS",
     "DCM": "http://dicom.nema.org/resources/ontology/DCM",
