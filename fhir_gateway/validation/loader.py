@@ -198,7 +198,7 @@ def _element(
         max=maximum,
         types=types,
         choice=choice,
-        array=maximum != 1,
+        array=maximum > 1,  # max 0 (a profile prohibiting it): one value is counted, not an array
         binding=Binding(binding[0], binding[1]) if binding else None,
         constraints=tuple(constraint(c) for c in record.get("constraints", ())),
         targets=tuple(record.get("targets", ())),
@@ -212,16 +212,27 @@ def _element(
     return element
 
 
+# Profiles of Quantity that the compiled tables name as types (so their constraints apply): in JSON
+# and in expressions a choice of them is still named after Quantity (Dosage.doseAndRate.doseQuantity).
+_JSON_TYPE_NAMES = {"SimpleQuantity": "Quantity", "MoneyQuantity": "Quantity"}
+
+
+def json_type(type_name: str) -> str:
+    """The type name a choice element's JSON key and `ofType()` use."""
+    return _JSON_TYPE_NAMES.get(type_name, type_name)
+
+
 def _fill(node: Node, elements: list[Element]) -> None:
     for element in elements:
         if element.choice:
             for t in element.types:
-                node.keys[element.name + t[0].upper() + t[1:]] = (element, t)
+                suffix = json_type(t)
+                node.keys[element.name + suffix[0].upper() + suffix[1:]] = (element, t)
         else:
             node.keys[element.name] = (element, element.types[0] if element.types else "BackboneElement")
     node.elements = tuple(elements)
     node.required = tuple(e for e in elements if e.min > 0)
-    node.bounded = tuple(e for e in elements if 1 < e.max < UNBOUNDED)
+    node.bounded = tuple(e for e in elements if e.max == 0 or 1 < e.max < UNBOUNDED)
 
 
 # --- terminology ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import binascii
 from typing import Any
 
 from fhir_gateway.validation import bindings, canonical, primitives
-from fhir_gateway.validation.loader import PRIMITIVE_TYPES, Element, Node, node_for, resource_types
+from fhir_gateway.validation.loader import PRIMITIVE_TYPES, Element, Node, json_type, node_for, resource_types
 from fhir_gateway.validation.walk import MAX_DEPTH, Scope, Task, Walk
 
 EXTENSION_TYPES = frozenset({"Extension"})
@@ -91,7 +91,7 @@ def walk_object(
             if previous is not None and previous != type_name:
                 walk.error("structure", f"{element.path}: only one choice of type may be present", here)
             chosen[element] = type_name
-            expr = f"{prefix}.{element.name}.ofType({type_name})"
+            expr = f"{prefix}.{element.name}.ofType({json_type(type_name)})"
         else:
             expr = f"{prefix}.{element.name}"
         if type_name in PRIMITIVE_TYPES:

@@ -260,3 +260,29 @@ def test_attachment_size_must_match_the_data() -> None:
 def test_update_mode_needs_an_id() -> None:
     assert where(patient(id=None)) == []
     assert errors(patient(id=None), mode="update")[0][:2] == ("required", "Patient")
+
+
+def test_a_choice_of_simple_quantity_is_named_after_quantity() -> None:
+    statement = {
+        "resourceType": "MedicationStatement",
+        "status": "active",
+        "subject": {"reference": "Patient/1"},
+        "medicationCodeableConcept": {"text": "atorvastatin"},
+    }
+    dose = {"value": 40, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}
+    assert errors(statement | {"dosage": [{"doseAndRate": [{"doseQuantity": dose}]}]}) == []
+    assert where(statement | {"dosage": [{"doseAndRate": [{"doseSimpleQuantity": dose}]}]}) == [
+        "MedicationStatement.dosage[0].doseAndRate[0]"
+    ]
+    # SimpleQuantity prohibits a comparator (max 0): counted and refused, not taken for an array
+    compared = statement | {"dosage": [{"doseAndRate": [{"doseQuantity": dose | {"comparator": "<"}}]}]}
+    assert {(e[1], e[2]) for e in errors(compared)} == {
+        (
+            "MedicationStatement.dosage[0].doseAndRate[0].dose.ofType(Quantity)",
+            "Quantity.comparator: max allowed = 0, but found 1",
+        ),
+        (
+            "MedicationStatement.dosage[0].doseAndRate[0].dose.ofType(Quantity)",
+            "Constraint failed: sqty-1: 'The comparator is not used on a SimpleQuantity'",
+        ),
+    }
