@@ -42,11 +42,15 @@ SEGMENT = re.compile(
     r"\.?(?:as\((?P<cast>\w+)\)|where\(resolve\(\) is (?P<resolves>\w+)\)"
     r"|where\((?P<field>\w+)='(?P<value>[^']*)'\)|(?P<name>%?\w+)(?:\[(?P<index>\d+)\])?)"
 )
-# R4 invariants whose expression contradicts their own text, with the expression the HL7 Java
-# validator evaluates instead (it agrees with the text): que-12 says "more than one enableWhen".
+# R4 invariants rewritten to what the HL7 Java validator evaluates: que-12's expression contradicts
+# its own text ("more than one enableWhen"); que-7's `answer is Boolean` names System.Boolean, which
+# the Java engine matches against a FHIR boolean and fhirpathpy does not, so it names the FHIR type.
 CONSTRAINT_FIXES = {
     ("que-12", "enableWhen.count() > 2 implies enableBehavior.exists()"): (
         "enableWhen.count() > 1 implies enableBehavior.exists()"
+    ),
+    ("que-7", "operator = 'exists' implies (answer is Boolean)"): (
+        "operator = 'exists' implies (answer is boolean)"
     ),
 }
 # The FHIR types each search-parameter type can index; anything else is a definition error.

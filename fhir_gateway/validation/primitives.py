@@ -39,7 +39,9 @@ _NUMBER_TYPES = frozenset({"integer", "positiveInt", "unsignedInt", "decimal"})
 @functools.cache
 def _compiled(type_name: str) -> re.Pattern[str] | None:
     regex = primitive_regex(type_name)
-    return re.compile(regex) if regex else None
+    # ASCII: the spec's regexes are Java's, where \s, \S and \d are ASCII classes (a no-break space in
+    # a string is \S there, and Arabic-Indic digits are not \d)
+    return re.compile(regex, re.ASCII) if regex else None
 
 
 def json_kind(type_name: str) -> str:

@@ -276,7 +276,8 @@ def _attachment(walk: Walk, attachment: dict[str, Any], expr: str) -> None:
 
 
 def _extension(walk: Walk, ext: dict[str, Any], expr: str) -> None:
-    has_value = any(key.startswith("value") for key in ext)
+    # a value given only as its primitive extension (`_valueString`) is a value too (ext-1's value.exists())
+    has_value = any(key.startswith(("value", "_value")) for key in ext)
     if ("extension" in ext) == has_value:
         walk.error(
             "invariant", "Constraint failed: ext-1: 'Must have either extensions or value[x], not both'", expr

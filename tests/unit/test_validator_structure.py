@@ -286,3 +286,25 @@ def test_a_choice_of_simple_quantity_is_named_after_quantity() -> None:
             "Constraint failed: sqty-1: 'The comparator is not used on a SimpleQuantity'",
         ),
     }
+
+
+def test_official_example_shapes_the_validator_once_refused() -> None:
+    # a no-break space is \S for the spec's (Java) string regex
+    assert errors(patient(name=[{"family": "van\u00a0Dijk"}])) == []
+    # an extension whose value is given only as its primitive extension still has a value (ext-1)
+    note = {
+        "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+        "_valueCode": {
+            "extension": [
+                {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"}
+            ]
+        },
+    }
+    assert errors(patient(extension=[note])) == []
+    # que-7: an 'exists' condition answers with a boolean
+    condition = {"question": "q1", "operator": "exists", "answerBoolean": True}
+    item = {"linkId": "q2", "type": "string", "enableWhen": [condition]}
+    questionnaire = {"resourceType": "Questionnaire", "status": "draft", "item": [item]}
+    assert errors(questionnaire) == []
+    item["enableWhen"] = [{"question": "q1", "operator": "exists", "answerString": "yes"}]
+    assert [e[2][:24] for e in errors(questionnaire)] == ["Constraint failed: que-7"]
