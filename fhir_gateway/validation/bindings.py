@@ -94,8 +94,8 @@ def check_coding(walk: Walk, coding: dict[str, Any], expr: str) -> None:
     display = coding.get("display")
     if isinstance(display, str) and known:
         choices = [known] if isinstance(known, str) else known
-        wanted = _normal(display)
-        if choices[0] and all(_normal(choice) != wanted for choice in choices):
+        wanted = normal_display(display)
+        if choices[0] and all(normal_display(choice) != wanted for choice in choices):
             walk.error(
                 "invalid",
                 f"Wrong Display Name for {system}#{code[:64]}. Valid display is '{choices[0]}'",
@@ -103,5 +103,6 @@ def check_coding(walk: Walk, coding: dict[str, Any], expr: str) -> None:
             )
 
 
-def _normal(text: str) -> str:
+def normal_display(text: str) -> str:
+    """A display as displays are compared: case and spacing aside."""
     return " ".join(text.lower().split())

@@ -19,6 +19,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir_gateway.ingest.hl7v2.er7 import parse
 from fhir_gateway.ingest.hl7v2.mapping.datatypes import comp
 from fhir_gateway.ingest.hl7v2.messages import check_supported, map_message
+from fhir_gateway.validation.validator import validate
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "hl7v2"
 MESSAGES = sorted((CORPUS / "messages").glob("*.hl7"))
@@ -52,6 +53,10 @@ def test_message_is_taken_and_valid(path: Path) -> None:
     for entry in result.bundle["entry"]:
         resource = entry["resource"]
         get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        # and valid for the gateway's own validator: codes of known systems, their displays, OIDs
+        issues = validate(resource)
+        errors = [(i.expression, i.diagnostics) for i in issues if i.severity in ("error", "fatal")]
+        assert errors == [], resource["resourceType"]
 
 
 @pytest.mark.parametrize(

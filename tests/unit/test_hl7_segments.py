@@ -634,9 +634,11 @@ def test_con_to_consent_field_by_field() -> None:
                 {
                     "system": "http://terminology.hl7.org/CodeSystem/v2-0496",
                     "code": "001",
-                    "display": "Release of Information",
+                    "display": "Release of Information/MR / Authorization to Disclosure "
+                    "Protected Health Information",
                 },
-            ]
+            ],
+            "text": "Release of Information",  # the sender's words, beside table 0496's display
         }
     ]
     assert consent["patient"] == ref(result, one(result, "Patient"))

@@ -115,7 +115,7 @@ def test_cancelled_result_says_why_its_value_is_absent() -> None:
         "coding": [
             {
                 "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
-                "code": "cannot-be-obtained",
+                "code": "not-performed",
             }
         ]
     }

@@ -60,11 +60,7 @@ def test_encoded_order() -> None:
     assert dosage["timing"] == {
         "code": {
             "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/v2-0335",
-                    "code": "Q8H",
-                    "display": "Every 8 hours",
-                }
+                {"code": "Q8H", "display": "Every 8 hours"}  # table 0335 lists only the Q<integer>H pattern
             ]
         },
         "repeat": {

@@ -62,9 +62,10 @@ def test_new_appointment_with_every_resource_kind() -> None:
             {
                 "system": "http://terminology.hl7.org/CodeSystem/v2-0277",
                 "code": "NORMAL",
-                "display": "Routine",
+                "display": "Routine schedule request type – default if not valued",
             }
-        ]
+        ],
+        "text": "Routine",  # the sender's words, beside table 0277's display
     }
     assert appt["serviceType"][0]["coding"][0]["code"] == "99213"
     patient, room, clinic, doctor = appt["participant"]
@@ -101,7 +102,7 @@ def test_table_0276_reason_is_the_appointment_type_when_sch_8_is_empty() -> None
     assert appt["appointmentType"]["coding"][0] == {
         "system": "http://terminology.hl7.org/CodeSystem/v2-0276",
         "code": "FOLLOWUP",
-        "display": "Follow-up",
+        "display": "A follow up visit from a previous appointment",
     }
     assert "reasonCode" not in appt
 

@@ -14,6 +14,7 @@ from fhir_gateway.ingest.hl7v2.er7 import Segment
 from fhir_gateway.ingest.hl7v2.mapping import (
     account,
     clinical,
+    codings,
     consent,
     coverage,
     document,
@@ -76,6 +77,7 @@ FINISHERS: tuple[Callable[[MapContext], None], ...] = (
     document.finish_document,
     scheduling.finish_appointment,
     header.finish_header,
+    codings.settle_codings,  # last: every Coding the finishers wrote too
 )
 
 __all__ = ["FINISHERS", "SEGMENT_MAPPERS", "MapContext", "MapIssue", "SegmentMapper"]

@@ -170,7 +170,7 @@ def authority(rep: Rep, n: int) -> str:
 
 
 def _system(namespace: str, universal: str, universal_type: str) -> str | None:
-    if universal and (universal_type.upper() == "ISO" or tables.is_oid(universal)):
+    if universal and tables.is_oid(universal):  # typed ISO or not: only a real OID makes a urn:oid
         return f"urn:oid:{universal}"
     if universal and universal_type.upper() == "UUID":
         return f"urn:uuid:{universal}"

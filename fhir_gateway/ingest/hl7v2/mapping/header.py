@@ -23,7 +23,7 @@ def _endpoint(seg: Segment, n: int) -> Json:
     """MessageHeader endpoint (1..1 in R4): the HD's OID or URI when it has one, else data-absent."""
     rep = next(iter(seg.repetitions(n)), None)
     universal, kind = (comp(rep, 2), comp(rep, 3).upper()) if rep else ("", "")
-    if universal and kind == "ISO":
+    if universal and kind == "ISO" and tables.is_oid(universal):
         return {"endpoint": f"urn:oid:{universal}"}
     if universal and kind in ("URI", "DNS") and ":" in universal:
         return {"endpoint": universal}

@@ -81,8 +81,9 @@ def map_obx(seg: Segment, ctx: MapContext) -> None:
     put(obs, "encounter", ctx.encounter)
     _value(seg, value_type, obs, ctx)
     if seg.value(11).upper() == "X" and not any(k.startswith("value") for k in obs):
-        # IG: "results cannot be obtained" → cancelled, and the value's absence says why
-        obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "cannot-be-obtained"}]}
+        # IG: "results cannot be obtained" → cancelled, and the value's absence says why: R4's
+        # data-absent-reason has no cannot-be-obtained, its not-performed says the test was not done
+        obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT, "code": "not-performed"}]}
     _reference_range(seg, obs)
     interpretation = [_interpretation(r) for r in seg.repetitions(8)]
     put(obs, "interpretation", [i for i in interpretation if i])

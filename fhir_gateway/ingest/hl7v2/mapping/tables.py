@@ -8,6 +8,8 @@ or records a warning.
 
 from __future__ import annotations
 
+import re
+
 V2_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-{table}"
 V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
@@ -435,20 +437,20 @@ def coding_system(name: str) -> str | None:
         return known
     if upper.startswith("HL7") and upper[3:].isdigit():
         return V2_SYSTEM.format(table=upper[3:].zfill(4))
-    if _is_oid(name):
+    if is_oid(name):
         return f"urn:oid:{name}"
     if upper.startswith("99"):  # locally defined (99zzz): no public URI
         return None
     return None
 
 
-def _is_oid(text: str) -> bool:
-    parts = text.split(".")
-    return len(parts) > 1 and all(p.isdigit() for p in parts)
+_OID = re.compile(r"[0-2](?:\.(?:0|[1-9][0-9]*))+", re.ASCII)  # R4 oid: urn:oid:[0-2](\.(0|[1-9][0-9]*))+
 
 
 def is_oid(text: str) -> bool:
-    return _is_oid(text)
+    """An ISO OID that FHIR's `oid` type accepts (first arc 0-2, no leading zeros): senders label
+    other things ISO too ('1.2edutake'), and `urn:oid:` with those is an invalid URI."""
+    return _OID.fullmatch(text) is not None
 
 
 # ---- participation (ROL-3, PRT-4) -------------------------------------------------------------------
