@@ -31,8 +31,9 @@ _TOOLING = ("http://hl7.org/fhir/tools/StructureDefinition/",)
 
 # Extensions the gateway itself writes beyond core R4, known to its validator so that a client
 # echoing a read resource back (meta and all) is not warned about them: its own marks (authority
-# claim, PHI seal marker, consent masking, change-feed positions, DICOM blob digest) and the
-# v2-to-FHIR IG's OBX-19 extension (core in R5). Their values are not type-checked here.
+# claim, PHI seal marker, consent masking, change-feed positions, DICOM blob digest), the
+# v2-to-FHIR IG's OBX-19 extension (core in R5) and US Core race/ethnicity (PID-10/22). Their values
+# are not type-checked here.
 PRODUCT = frozenset(
     {
         "http://fhir-gateway.dev/fhir/StructureDefinition/authority-claim",
@@ -42,6 +43,8 @@ PRODUCT = frozenset(
         "http://fhir-gateway.org/StructureDefinition/consent-masked-element",
         "urn:fhir-gateway:dicom-instance-blob",
         "http://hl7.org/fhir/StructureDefinition/observation-analysis-date-time",
+        "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race",  # PID-10
+        "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity",  # PID-22
     }
 )
 

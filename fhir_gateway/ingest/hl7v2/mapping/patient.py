@@ -30,6 +30,7 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
     identifier,
     put,
 )
+from fhir_gateway.ingest.hl7v2.mapping.demographics import map_demographics
 from fhir_gateway.ingest.hl7v2.mapping.resources import organization, practitioner
 
 US_SSN = "http://hl7.org/fhir/sid/us-ssn"
@@ -105,6 +106,7 @@ def map_pid(seg: Segment, ctx: MapContext) -> None:
     put(patient, "maritalStatus", code_in(seg.field(16)[0], "0002") if seg.has(16) else None)
     _multiple_birth(seg, patient)
     _deceased(seg, patient, ctx)
+    map_demographics(seg, patient, ctx)
     patient = ctx.keep(patient, patient_id(key))
     ctx.patient, ctx.patient_id = ctx.ref(patient), patient["id"]
 
