@@ -27,6 +27,7 @@ from fhir_gateway.ingest.hl7v2.mapping import (
     pharmacy,
     scheduling,
     specimen,
+    vaccination,
 )
 from fhir_gateway.ingest.hl7v2.mapping.context import MapContext, MapIssue
 
@@ -77,6 +78,7 @@ FINISHERS: tuple[Callable[[MapContext], None], ...] = (
     document.finish_document,
     scheduling.finish_appointment,
     header.finish_header,
+    vaccination.finish_education,
     codings.settle_codings,  # last: every Coding the finishers wrote too
 )
 

@@ -37,6 +37,7 @@ from fhir_gateway.ingest.hl7v2.mapping.datatypes import (
 )
 from fhir_gateway.ingest.hl7v2.mapping.resources import organization, practitioner
 from fhir_gateway.ingest.hl7v2.mapping.specimen import link_observation
+from fhir_gateway.ingest.hl7v2.mapping.vaccination import describe_immunization
 
 CODED = frozenset({"CE", "CWE", "CNE", "CF", "CD", "IS", "ID"})
 DATES = frozenset({"DT", "DTM", "TS"})
@@ -100,7 +101,7 @@ def map_obx(seg: Segment, ctx: MapContext) -> None:
     put(obs, "performer", performers + ([lab] if lab else []))
     put(obs, "method", codeable(next(iter(seg.repetitions(17)), None)))
     put(obs, "bodySite", codeable(next(iter(seg.repetitions(20)), None)))
-    _link_order(obs, ctx)
+    _link_order(obs, seg, ctx)
     link_observation(obs, ctx)
     key = "|".join([comp(code_rep or [], 1), comp(code_rep or [], 3), seg.value(4), seg.value(1)])
     if ctx.report is not None:
@@ -115,9 +116,10 @@ def map_obx(seg: Segment, ctx: MapContext) -> None:
     ctx.last = obs
 
 
-def _link_order(obs: Json, ctx: MapContext) -> None:
+def _link_order(obs: Json, seg: Segment, ctx: MapContext) -> None:
     """A result is basedOn its order; an OBX in a VXU order group (funding eligibility, VIS dates)
-    is partOf the Immunization its RXA made (IG VXU_V04 ORDER.OBSERVATION)."""
+    is partOf the Immunization its RXA made (IG VXU_V04 ORDER.OBSERVATION), and fills the element
+    of it that it describes (vaccination.py)."""
     order = ctx.order
     if order is None:
         return
@@ -125,6 +127,11 @@ def _link_order(obs: Json, ctx: MapContext) -> None:
         obs["basedOn"] = [ctx.ref(order)]
     elif order.get("resourceType") == "Immunization":
         obs["partOf"] = [ctx.ref(order)]
+        loinc = next(
+            (c["code"] for c in obs["code"].get("coding", ()) if c.get("system") == tables.LOINC), None
+        )
+        if loinc:
+            describe_immunization(seg, loinc, order, ctx)
 
 
 def _value(seg: Segment, value_type: str, obs: Json, ctx: MapContext) -> None:
