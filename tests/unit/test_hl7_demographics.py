@@ -45,6 +45,11 @@ def test_race_omb_categories_detailed_codes_and_local_words() -> None:
             {"url": "text", "valueString": "White, Asian Indian, Wit"},
         ],
     }
+    alternate = _patient(_pid(f3="MRN1^^^HOSP^MR", f10="W^Wit^L^2106-3^White^CDCREC"))
+    assert _extension(alternate, RACE)["extension"] == [
+        {"url": "ombCategory", "valueCoding": {"system": CDCREC, "code": "2106-3", "display": "White"}},
+        {"url": "text", "valueString": "Wit"},
+    ]
     bare = _patient(_pid(f3="MRN1^^^HOSP^MR", f10="2054-5"))
     assert _extension(bare, RACE)["extension"][-1] == {
         "url": "text",

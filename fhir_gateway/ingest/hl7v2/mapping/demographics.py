@@ -60,17 +60,25 @@ def _omb(reps: list[Rep], url: str, categories: dict[str, str], local: dict[str,
     parts: list[Json] = []
     words: list[str] = []
     for rep in reps:
-        code, display, system_name = comp(rep, 1), comp(rep, 2), comp(rep, 3).upper()
+        code, display = comp(rep, 1), comp(rep, 2)
         if not code and not display:
             continue
-        cdc = local.get(code.upper(), code) if system_name in _CDCREC_NAMES else ""
+        # the CDC code: the primary triplet's, else the alternate's (W^White^L^2106-3^White^CDCREC)
+        cdc, cdc_display = next(
+            (
+                (local.get(comp(rep, at).upper(), comp(rep, at)), comp(rep, at + 1))
+                for at in (1, 4)
+                if comp(rep, at) and comp(rep, at + 2).upper() in _CDCREC_NAMES
+            ),
+            ("", ""),
+        )
         words.append(display or categories.get(cdc) or _UNKNOWN.get(cdc) or code)
         if cdc in categories:
             parts.append({"url": "ombCategory", "valueCoding": _coding(CDCREC, cdc, categories[cdc])})
         elif cdc in _UNKNOWN:
             parts.append({"url": "ombCategory", "valueCoding": _coding(NULL_FLAVOR, cdc, _UNKNOWN[cdc])})
         elif _CDCREC_CODE.fullmatch(cdc):
-            parts.append({"url": "detailed", "valueCoding": _coding(CDCREC, cdc, display)})
+            parts.append({"url": "detailed", "valueCoding": _coding(CDCREC, cdc, cdc_display)})
     if not words:
         return None
     return {"url": url, "extension": [*parts, {"url": "text", "valueString": ", ".join(words)}]}
