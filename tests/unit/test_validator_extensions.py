@@ -8,7 +8,7 @@ from fhir_gateway.validation.extensions import unresolved_urls
 from fhir_gateway.validation.validator import validate
 
 BIRTH_TIME = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"  # valueDateTime
-GENDER_IDENTITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-genderIdentity"  # not core R4
+IDENTITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-genderIdentity"  # not core R4
 NAME_ASSEMBLY = "http://hl7.org/fhir/StructureDefinition/humanname-assembly-order"  # valueCode
 CITIZENSHIP = "http://hl7.org/fhir/StructureDefinition/patient-citizenship"  # complex: code, period
 
@@ -37,20 +37,14 @@ def test_core_extensions_with_their_value_types_are_valid() -> None:
 
 
 def test_an_unknown_extension_is_an_error_or_what_the_caller_asks() -> None:
-    patient = _patient(
-        extension=[{"url": GENDER_IDENTITY, "extension": [{"url": "text", "valueString": "x"}]}]
-    )
-    text = f"The extension {GENDER_IDENTITY} could not be found so is not allowed here"
+    patient = _patient(extension=[{"url": IDENTITY, "extension": [{"url": "text", "valueString": "x"}]}])
+    text = f"The extension {IDENTITY} could not be found so is not allowed here"
     assert _findings(patient) == [("error", text, ["Patient.extension[0]"])]
     assert _findings(patient, unknown_extensions="warning") == [("warning", text, ["Patient.extension[0]"])]
-    supplied = {
-        GENDER_IDENTITY: {"resourceType": "StructureDefinition", "url": GENDER_IDENTITY, "type": "Extension"}
-    }
+    supplied = {IDENTITY: {"resourceType": "StructureDefinition", "url": IDENTITY, "type": "Extension"}}
     assert _findings(patient, structure_definitions=supplied) == []
     # a supplied profile of another type does not define the extension
-    profile = {
-        GENDER_IDENTITY: {"resourceType": "StructureDefinition", "url": GENDER_IDENTITY, "type": "Patient"}
-    }
+    profile = {IDENTITY: {"resourceType": "StructureDefinition", "url": IDENTITY, "type": "Patient"}}
     assert _findings(patient, structure_definitions=profile)[0][1] == text
 
 
@@ -110,13 +104,13 @@ def test_modifier_extensions_go_in_modifier_extension() -> None:
 def test_unresolved_urls_lists_what_a_server_should_look_up() -> None:
     patient = _patient(
         extension=[
-            {"url": GENDER_IDENTITY, "extension": [{"url": "text", "valueString": "x"}]},
+            {"url": IDENTITY, "extension": [{"url": "text", "valueString": "x"}]},
             {"url": BIRTH_TIME},
         ],
         name=[{"extension": [{"url": "http://hospital.example.net/ext", "valueString": "y"}, "junk"]}],
-        contact=[{"modifierExtension": [{"url": GENDER_IDENTITY}]}],
+        contact=[{"modifierExtension": [{"url": IDENTITY}]}],
     )
-    assert unresolved_urls(patient) == [GENDER_IDENTITY, "http://hospital.example.net/ext"]
+    assert unresolved_urls(patient) == [IDENTITY, "http://hospital.example.net/ext"]
 
 
 def test_the_extensions_the_gateway_writes_are_known() -> None:
