@@ -38,8 +38,8 @@ def _walk(node: Any) -> None:
                     node["text"] = replaced
         elif "system" in node and "code" in node:
             _settle(node)
-        for value in node.values():
-            if isinstance(value, dict | list):
+        for key, value in node.items():
+            if key != "coding" and isinstance(value, dict | list):  # codings: settled just above
                 _walk(value)
     elif isinstance(node, list):
         for item in node:
