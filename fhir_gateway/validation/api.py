@@ -25,9 +25,11 @@ from fhir_gateway.errors import BadRequest, Issue, operation_outcome
 from fhir_gateway.fhir.requests import check_id, check_type
 from fhir_gateway.gateway import Gateway
 from fhir_gateway.validation import extensions
+from fhir_gateway.validation.loader import STRUCTURE_URL
 from fhir_gateway.validation.validator import MODES, is_valid, validate
 
 ALL_OK = "All OK"
+MAX_DEFINITION_LOOKUPS = 32  # stored StructureDefinitions searched per $validate (profiles, extensions)
 
 
 def build_validate_router(runtime: Runtime, prefix: str = "/fhir") -> APIRouter:
@@ -128,16 +130,18 @@ async def _structure_definitions(
     gateway: Gateway, ctx: RequestContext, resource: Any, profiles: list[str]
 ) -> dict[str, dict[str, Any]]:
     """The stored StructureDefinitions for the requested profiles, the resource's meta.profile and the
-    extensions it uses that are not core R4 (an extension whose definition is stored is known)."""
+    extensions it uses that are not core R4 (an extension whose definition is stored is known).
+
+    At most MAX_DEFINITION_LOOKUPS searches, profiles first: a resource naming thousands of made-up
+    extensions costs that many searches, not thousands (the rest are reported as unknown)."""
     wanted = list(profiles)
     meta = resource.get("meta") if isinstance(resource, dict) else None
     if isinstance(meta, dict) and isinstance(meta.get("profile"), list):
         wanted += [p for p in meta["profile"] if isinstance(p, str)]
     wanted += extensions.unresolved_urls(resource)
+    urls = [u for u in dict.fromkeys(p.split("|")[0] for p in wanted) if not u.startswith(STRUCTURE_URL)]
     found: dict[str, dict[str, Any]] = {}
-    for url in dict.fromkeys(p.split("|")[0] for p in wanted):
-        if url.startswith("http://hl7.org/fhir/StructureDefinition/") or len(found) > 20:
-            continue
+    for url in urls[:MAX_DEFINITION_LOOKUPS]:
         bundle = await gateway.search("StructureDefinition", [("url", url)], ctx)
         for entry in bundle.get("entry") or []:
             sd = entry.get("resource")

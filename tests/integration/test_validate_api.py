@@ -121,6 +121,28 @@ async def test_an_extension_is_known_once_its_definition_is_stored(client: httpx
     assert _issues(after)[0]["diagnostics"] == "All OK"
 
 
+async def test_made_up_extensions_cost_a_bounded_number_of_lookups(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_gateway.gateway import Gateway
+    from fhir_gateway.validation.api import MAX_DEFINITION_LOOKUPS
+
+    searched: list[str] = []
+    search = Gateway.search
+
+    async def counting(self: Gateway, res_type: str, *args: Any, **kwargs: Any) -> Any:
+        searched.append(res_type)
+        return await search(self, res_type, *args, **kwargs)
+
+    monkeypatch.setattr(Gateway, "search", counting)
+    made_up = [{"url": f"http://made.example.net/ext-{n}", "valueString": "x"} for n in range(200)]
+    response = await client.post(
+        "/fhir/Patient/$validate", json=PATIENT | {"extension": made_up}, headers=FHIR
+    )
+    unknown = [i for i in _issues(response) if "could not be found" in i["diagnostics"]]
+    assert len(unknown) == 200 and searched.count("StructureDefinition") == MAX_DEFINITION_LOOKUPS
+
+
 async def test_instance_level_and_delete_mode(client: httpx.AsyncClient) -> None:
     created = await client.post("/fhir/Patient", json=PATIENT, headers=FHIR)
     assert created.status_code == 201
