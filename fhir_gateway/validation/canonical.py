@@ -79,9 +79,10 @@ def _compose_systems(walk: Walk, compose: Any, prefix: str) -> None:
 
 
 def check_target(walk: Walk, targets: tuple[str, ...], url: str, expr: str) -> None:
-    """A canonical value against the types its element may point at (`targets`)."""
+    """A canonical value against the types its element may point at (`targets`; the compiled tables
+    leave targets out where any resource type may be named)."""
     found = _core_types().get(url.split("|")[0])
-    if found is not None and found not in targets and "Resource" not in targets:
+    if found is not None and found not in targets:
         walk.error(
             "invalid",
             f"Canonical URL '{url}' refers to a resource that has the wrong type. "

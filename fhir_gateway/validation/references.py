@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fhir_gateway.definitions.search_parameters import resource_types
+from fhir_gateway.validation.loader import resource_types
 from fhir_gateway.validation.walk import Scope, Walk
 
 _RESTFUL = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")

@@ -15,7 +15,7 @@ import re
 
 from fhir_gateway.ingest.hl7v2.er7 import Segment
 from fhir_gateway.ingest.hl7v2.mapping.context import MapContext
-from fhir_gateway.ingest.hl7v2.mapping.datatypes import Json, Rep, code_in, comp, date_time
+from fhir_gateway.ingest.hl7v2.mapping.datatypes import Json, Rep, code_in, comp, date_time, put
 
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition/"
 RACE = US_CORE + "us-core-race"
@@ -86,8 +86,7 @@ def _omb(reps: list[Rep], url: str, categories: dict[str, str], local: dict[str,
 
 def _coding(system: str, code: str, display: str) -> Json:
     coding: Json = {"system": system, "code": code}
-    if display:
-        coding["display"] = display
+    put(coding, "display", display)
     return coding
 
 
