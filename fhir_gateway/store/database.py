@@ -1,19 +1,22 @@
 """The two ways the store talks to its database, behind one small async interface.
 
-PostgreSQL goes through SQLAlchemy's async engine (asyncpg): network round trips are what an event
-loop is for. SQLite does not: it is a library call into a local file, typically 10-50 µs for a read
-by key. aiosqlite runs every statement on a helper thread and costs two thread hand-offs per
-statement (≈100-200 µs each under load), which made a one-row read ten times dearer than the query
-itself. So the embedded SQLite backend runs statements inline on the event loop, through a plain
-SQLAlchemy engine on the stdlib driver, and sends only potentially long statements (searches,
-history pages) to a worker thread, where a slow query cannot stall the other requests.
+PostgreSQL goes through SQLAlchemy's async engine (asyncpg; store/postgres.py): network round
+trips are what an event loop is for. SQLite does not: it is a library call into a local file,
+typically 10-50 µs for a read by key. aiosqlite runs every statement on a helper thread and
+costs two thread hand-offs per statement (≈100-200 µs each under load), which made a one-row read
+ten times dearer than the query itself. So the embedded SQLite backend runs statements inline on
+the event loop, through a plain SQLAlchemy engine on the stdlib driver, and sends only potentially
+long statements (searches, history pages) to a worker thread, where a slow query cannot stall the
+other requests.
 
-Both backends hand out `Connection` objects with one async method, `execute`, returning a buffered
-SQLAlchemy `Result`, so the store, the search runner and adapters (commit hooks) are dialect-blind.
-The hottest statements (a resource by key, buffered and one-row inserts, IN-list reads and deletes)
-go through `first_row`, `insert_row`, `write_rows` and `expanding_rows` instead: on SQLite they run
-on the sqlite3 cursor, compiled once (SQLAlchemy's per-execution work cost more than SQLite's own),
-elsewhere through SQLAlchemy as any other statement.
+Both backends hand out `Connection` objects whose `execute` returns a buffered SQLAlchemy
+`Result`, so the store, the search runner and adapters (commit hooks) are dialect-blind. The
+hottest statements (a resource by key, buffered and one-row inserts, IN-list reads and deletes)
+go through `first_row`, `insert_row`, `write_rows` and `expanding_rows` instead, compiled once
+(`DriverStatement`) and run on the driver itself: on SQLite the sqlite3 cursor, on PostgreSQL the
+asyncpg connection. SQLAlchemy's per-execution work (execution context, parameter and result
+processing, and on PostgreSQL a greenlet switch) cost more than SQLite's own statement, and on
+PostgreSQL about as much as the round trip.
 """
 
 from __future__ import annotations
@@ -26,11 +29,9 @@ from typing import Any, Protocol
 
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.engine import Dialect, Engine, Result, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
@@ -43,12 +44,30 @@ OFFLOAD_THREADS = 4  # concurrent long reads on SQLite; more would only queue on
 
 
 class Connection(Protocol):
-    """What the store needs from a database connection (an AsyncConnection satisfies it)."""
+    """What the store needs from a database connection: `execute` for any statement (a buffered
+    SQLAlchemy Result), and the driver methods behind `first_row`, `insert_row`, `expanding_rows`,
+    `write_rows` and savepoints. InlineConnection (SQLite) and PostgresConnection implement it."""
 
     @property
     def dialect(self) -> Dialect: ...
 
     async def execute(self, statement: Executable, parameters: Any = None) -> Result[Any]: ...
+
+    async def fetch_first(
+        self, statement: DriverStatement, parameters: Mapping[str, Any]
+    ) -> Sequence[Any] | None: ...
+
+    async def fetch_expanded(
+        self, statement: UpdateBase | Select[Any], parameters: Mapping[str, Any]
+    ) -> Sequence[Sequence[Any]]: ...
+
+    async def write_many(self, statement: DriverStatement, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+    async def insert_returning_key(
+        self, statement: UpdateBase, returning: UpdateBase, row: Mapping[str, Any]
+    ) -> int: ...
+
+    async def control(self, sql: str) -> None: ...
 
 
 class Database(Protocol):
@@ -68,39 +87,9 @@ class Database(Protocol):
 def open_database(url: str) -> Database:
     if engines.is_sqlite(url):
         return SqliteDatabase(url)
-    return AsyncDatabase(engines.create_engine(url))
+    from fhir_gateway.store.postgres import PostgresDatabase
 
-
-class AsyncDatabase:
-    """PostgreSQL (or any async driver): SQLAlchemy's AsyncEngine as it comes."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.dialect_name = engine.dialect.name
-        # Reads run in autocommit: a read-only connection in a transaction paid two more round
-        # trips (BEGIN before its first statement, ROLLBACK when handed back) for nothing, since
-        # under READ COMMITTED every statement sees its own snapshot anyway.
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as conn:
-            yield conn
-
-    @asynccontextmanager
-    async def connect(self, *, offload: bool = False) -> AsyncIterator[AsyncConnection]:
-        async with self._autocommit.connect() as conn:
-            yield conn
-
-    async def upgrade(self) -> None:
-        await engines.upgrade(self.engine)
-
-    async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-
-    async def dispose(self) -> None:
-        await self.engine.dispose()
+    return PostgresDatabase(engines.create_engine(url))
 
 
 class InlineConnection:
@@ -128,52 +117,56 @@ class InlineConnection:
     def _buffered(self, statement: Executable, parameters: Any) -> Result[Any]:
         return self._conn.execute(statement, parameters).freeze()()
 
-    def control(self, sql: str) -> None:
+    async def control(self, sql: str) -> None:
         """A transaction-control statement (SAVEPOINT, RELEASE, ROLLBACK TO) on the sqlite3 cursor:
         a group commit issues two per message, and SQLAlchemy's execution set-up costs ten times
         the statement. SQLAlchemy keeps no state about savepoints it did not begin."""
         with self._cursor(sql) as cursor:
             cursor.execute(sql)
 
-    def first(self, statement: DriverStatement, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The first row of a hot one-row read (a resource by key) as a plain tuple, on the sqlite3
-        cursor: SQLAlchemy's execution and result set-up cost four times the indexed lookup."""
+    async def fetch_first(
+        self, statement: DriverStatement, parameters: Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """The first row of a hot one-row read (a resource by key) as a plain tuple."""
         with self._cursor(statement.sql) as cursor:
             cursor.execute(statement.sql, statement.values(parameters))
             row: tuple[Any, ...] | None = cursor.fetchone()
             return row
 
-    def run(
+    async def fetch_expanded(
         self, statement: UpdateBase | Select[Any], parameters: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
-        """A statement with expanding `IN` parameters (one `?` per list item) on the sqlite3
-        cursor; its rows. SQLAlchemy renders such a statement afresh on every execution; here the
-        compiled form is kept and only the placeholders are expanded (DriverStatement.expanded)."""
-        sql, values = DriverStatement.expanded(statement, parameters)
+        """A statement with expanding `IN` parameters (DriverStatement.expanded); its rows."""
+        sql, values = DriverStatement.expanded(statement, self.dialect, parameters)
         with self._cursor(sql) as cursor:
             cursor.execute(sql, values)
             return cursor.fetchall()
 
-    def write(self, statement: DriverStatement, rows: Sequence[Mapping[str, Any]]) -> int | None:
-        """Run a hot write on the sqlite3 cursor itself; the new rowid when one row was inserted.
-
-        The store's buffered writes (history, index rows, current rows) are a dozen statements per
-        resource version, and SQLAlchemy's per-statement work (execution context, parameter
-        processing, result set-up) cost more than SQLite's own. The statement is compiled once by
-        SQLAlchemy (DriverStatement) and runs in the same transaction on the same connection; driver
-        errors are wrapped as SQLAlchemy's, so the store maps them as it maps every other.
-        """
+    async def write_many(self, statement: DriverStatement, rows: Sequence[Mapping[str, Any]]) -> None:
+        """A hot write (history, index and current rows: a dozen statements per resource version),
+        in the same transaction on the same connection as everything else."""
         with self._cursor(statement.sql) as cursor:
             if len(rows) == 1:
                 cursor.execute(statement.sql, statement.values(rows[0]))
-                rowid: int | None = cursor.lastrowid
-                return rowid
-            cursor.executemany(statement.sql, [statement.values(row) for row in rows])
-            return None
+            else:
+                cursor.executemany(statement.sql, [statement.values(row) for row in rows])
+
+    async def insert_returning_key(
+        self, statement: UpdateBase, returning: UpdateBase, row: Mapping[str, Any]
+    ) -> int:
+        """Insert one row with `statement`; its integer primary key, which in SQLite *is* the rowid
+        (so `returning`, the same INSERT with RETURNING the key, is not needed)."""
+        compiled = driver_statement(statement, self.dialect, row)
+        with self._cursor(compiled.sql) as cursor:
+            cursor.execute(compiled.sql, compiled.values(row))
+            rowid = cursor.lastrowid
+            assert rowid is not None
+            return rowid
 
     @contextmanager
     def _cursor(self, sql: str) -> Iterator[sqlite3.Cursor]:
-        """A cursor of the sqlite3 connection under this one; driver errors become SQLAlchemy's."""
+        """A cursor of the sqlite3 connection under this one; driver errors become SQLAlchemy's, so
+        the store maps them as it maps every other."""
         cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             yield cursor
@@ -184,19 +177,21 @@ class InlineConnection:
 
 
 class DriverStatement:
-    """A statement compiled once to the SQLite driver's SQL: an INSERT, UPDATE or DELETE for
-    InlineConnection.write, a SELECT for InlineConnection.first.
+    """A statement compiled once to a driver's SQL: an INSERT, UPDATE or DELETE for the hot writes,
+    a SELECT for the hot reads.
 
     `keys` are the parameters it takes (for an INSERT, the columns it sets), in the order of the
-    driver's `?` placeholders. Column types needing conversion are not allowed here: only the
-    store's own tables, whose values are str, int, float, bool, bytes and None (a Boolean column
-    comes back as 0 or 1).
+    driver's placeholders (`?` for sqlite3, `$n` for asyncpg). Column types needing conversion are
+    not allowed here: only the store's own tables, whose values are str, int, float, bool, bytes
+    and None (on SQLite a Boolean column comes back as 0 or 1).
     """
 
     __slots__ = ("names", "sql")
 
-    def __init__(self, statement: UpdateBase | Select[Any], keys: Sequence[str] | None = None) -> None:
-        compiled = statement.compile(dialect=_SQLITE, column_keys=list(keys) if keys else None)
+    def __init__(
+        self, statement: UpdateBase | Select[Any], dialect: Dialect, keys: Sequence[str] | None = None
+    ) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys else None)
         assert isinstance(compiled, SQLCompiler)
         self.sql = str(compiled)
         self.names = tuple(compiled.positiontup or ())
@@ -206,76 +201,63 @@ class DriverStatement:
 
     @staticmethod
     def expanded(
-        statement: UpdateBase | Select[Any], parameters: Mapping[str, Any]
+        statement: UpdateBase | Select[Any], dialect: Dialect, parameters: Mapping[str, Any]
     ) -> tuple[str, tuple[Any, ...]]:
-        """The driver SQL and values of a statement whose `IN` lists are expanding parameters."""
-        compiled = _EXPANDING.get(statement)
+        """The driver SQL and values of a statement whose `IN` lists are expanding parameters:
+        SQLAlchemy renders such a statement afresh on every execution; here the compiled form is
+        kept and only the placeholders are expanded, one per list item."""
+        key = (dialect.name, statement)
+        compiled = _EXPANDING.get(key)
         if compiled is None:
-            compiled = _EXPANDING[statement] = statement.compile(dialect=_SQLITE)
+            compiled = _EXPANDING[key] = statement.compile(dialect=dialect)
             assert isinstance(compiled, SQLCompiler)
         state = compiled.construct_expanded_state(dict(parameters))
         return state.statement, tuple([state.parameters[name] for name in state.positiontup or ()])
 
 
-_SQLITE = sqlite_dialect.dialect()
-_EXPANDING: dict[UpdateBase | Select[Any], Any] = {}  # statement → its SQLCompiler (DriverStatement.expanded)
-_DRIVER_STATEMENTS: dict[tuple[UpdateBase | Select[Any], tuple[str, ...]], DriverStatement] = {}
+# statement → its SQLCompiler, per dialect (DriverStatement.expanded)
+_EXPANDING: dict[tuple[str, UpdateBase | Select[Any]], Any] = {}
+_DRIVER_STATEMENTS: dict[tuple[str, UpdateBase | Select[Any], tuple[str, ...]], DriverStatement] = {}
 
 
 def driver_statement(
-    statement: UpdateBase | Select[Any], row: Mapping[str, Any] | None = None
+    statement: UpdateBase | Select[Any], dialect: Dialect, row: Mapping[str, Any] | None = None
 ) -> DriverStatement:
-    """`statement` compiled once per set of keys `row` gives (an INSERT sets exactly those columns;
-    a SELECT takes its bind parameters, so no row)."""
-    key = (statement, tuple(row or ()))
+    """`statement` compiled once per dialect and set of keys `row` gives (an INSERT sets exactly
+    those columns; a SELECT takes its bind parameters, so no row)."""
+    key = (dialect.name, statement, tuple(row or ()))
     found = _DRIVER_STATEMENTS.get(key)
     if found is None:
-        found = _DRIVER_STATEMENTS[key] = DriverStatement(statement, key[1])
+        found = _DRIVER_STATEMENTS[key] = DriverStatement(statement, dialect, key[2])
     return found
 
 
 async def first_row(
     conn: Connection, statement: Select[Any], parameters: Mapping[str, Any]
 ) -> Sequence[Any] | None:
-    """The first row of a hot lookup by key: on SQLite the driver's plain tuple
-    (InlineConnection.first), else a SQLAlchemy Row; read both by position."""
-    if isinstance(conn, InlineConnection):
-        return conn.first(driver_statement(statement), parameters)
-    row: Sequence[Any] | None = (await conn.execute(statement, parameters)).first()
-    return row
+    """The first row of a hot lookup by key, read by position (a plain tuple or asyncpg Record)."""
+    return await conn.fetch_first(driver_statement(statement, conn.dialect), parameters)
 
 
 async def insert_row(
     conn: Connection, statement: UpdateBase, row: Mapping[str, Any], *, returning: UpdateBase
 ) -> int:
-    """Insert one row into a table keyed by an integer primary key; returns the new key. On SQLite
-    through the driver, whose lastrowid *is* that key; else `returning`, the same INSERT with
-    RETURNING the key (both built once by the caller)."""
-    if isinstance(conn, InlineConnection):
-        key = conn.write(driver_statement(statement, row), [row])
-        assert key is not None
-        return key
-    created: int = (await conn.execute(returning, row)).scalar_one()
-    return created
+    """Insert one row into a table keyed by an integer primary key; returns the new key. `returning`
+    is the same INSERT with RETURNING the key (both built once by the caller), for the drivers
+    that do not give the key otherwise."""
+    return await conn.insert_returning_key(statement, returning, row)
 
 
 async def expanding_rows(
     conn: Connection, statement: UpdateBase | Select[Any], parameters: Mapping[str, Any]
 ) -> Sequence[Sequence[Any]]:
     """Run a hot statement with expanding `IN` parameters; its rows (none for a DELETE), by position."""
-    if isinstance(conn, InlineConnection):
-        return conn.run(statement, parameters)
-    result = await conn.execute(statement, parameters)
-    return result.all() if statement.is_select else []
+    return await conn.fetch_expanded(statement, parameters)
 
 
 async def write_rows(conn: Connection, statement: UpdateBase, rows: Sequence[Mapping[str, Any]]) -> None:
-    """A batch write of rows that all give the same keys: on SQLite through the driver
-    (InlineConnection.write), else one SQLAlchemy executemany."""
-    if isinstance(conn, InlineConnection):
-        conn.write(driver_statement(statement, rows[0]), rows)
-    else:
-        await conn.execute(statement, rows if len(rows) > 1 else rows[0])
+    """A batch write of rows that all give the same keys, one driver executemany."""
+    await conn.write_many(driver_statement(statement, conn.dialect, rows[0]), rows)
 
 
 class SqliteDatabase:

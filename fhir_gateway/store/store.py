@@ -197,8 +197,8 @@ class Transaction:
     def __init__(self, conn: Connection, pks: PkBlocks) -> None:
         self.conn = conn
         self._pks = pks  # the Store's: shared by its transactions
-        # SQLite: the buffered writes go to the driver directly (InlineConnection.write)
-        self._inline = conn if isinstance(conn, InlineConnection) else None
+        # SQLite: current rows are written at once, their rowid being the pk (see the class docstring)
+        self._immediate = isinstance(conn, InlineConnection)
         self._history: list[dict[str, Any]] = []
         self._stale: set[int] = set()  # resource pks whose already-stored index rows must go
         self._rows: dict[int, tuple[str, IndexRows]] = {}  # pk -> the index rows to insert
@@ -225,7 +225,7 @@ class Transaction:
         self._known.update(dict.fromkeys(wanted))
         rows: Sequence[Sequence[Any]]
         if self.conn.dialect.name == "postgresql":
-            rows = (await self.conn.execute(_LOCK_CURRENTS, {"keys": wanted})).all()
+            rows = await expanding_rows(self.conn, _LOCK_CURRENTS, {"keys": wanted})
         else:
             types, ids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
             rows = await expanding_rows(self.conn, _READ_CURRENTS, {"types": types, "ids": ids})
@@ -260,7 +260,7 @@ class Transaction:
         }
         if previous is not None and previous.pk is not None:
             pk = previous.pk
-            if self._inline is not None:
+            if self._immediate:
                 await write_rows(self.conn, _UPDATE_CURRENT, [{"key": pk, **values}])
             elif pk in self._inserts:  # created earlier in this transaction: insert the latest
                 self._inserts[pk] = {**self._inserts[pk], **values}
@@ -269,7 +269,7 @@ class Transaction:
             self._stale.add(pk)
         else:
             row = {"res_type": version.res_type, "res_id": version.res_id, **values}
-            if self._inline is not None:
+            if self._immediate:
                 pk = await insert_row(self.conn, _INSERT_CURRENT_ROW, row, returning=_INSERT_CURRENT)
             else:
                 pk = await self._pks.take(self.conn)
@@ -317,8 +317,11 @@ class Transaction:
     async def savepoint(self) -> AsyncIterator[None]:
         """A nested transaction: on an exception its writes, buffered ones included, are undone.
 
-        Plain SAVEPOINT statements under one fixed name (savepoints here are never nested, see
-        store/group.py): SQLAlchemy's begin_nested() compiles a new statement for every savepoint name.
+        Plain SAVEPOINT statements under one fixed name (units of a group run one after another, see
+        store/group.py): SQLAlchemy's begin_nested() compiles a new statement for every savepoint
+        name. A savepoint is not released: the next unit's SAVEPOINT of the same name stacks on it,
+        ROLLBACK TO reaches the newest one of that name, and the commit ends them all. RELEASE
+        would undo nothing and cost a round trip per unit on PostgreSQL.
         """
         saved = (
             len(self._history),
@@ -328,22 +331,15 @@ class Transaction:
             dict(self._inserts),
             dict(self._updates),
         )
-        await self._control(_SAVEPOINT)
+        await self.conn.control(_SAVEPOINT)
         try:
             yield
             await self.flush_current()
         except BaseException:
-            await self._control(_ROLLBACK_TO_SAVEPOINT)
+            await self.conn.control(_ROLLBACK_TO_SAVEPOINT)
             del self._history[saved[0] :]
             self._stale, self._rows, self._known, self._inserts, self._updates = saved[1:]
             raise
-        await self._control(_RELEASE_SAVEPOINT)
-
-    async def _control(self, sql: str) -> None:
-        if self._inline is not None:
-            self._inline.control(sql)
-        else:
-            await self.conn.execute(_CONTROL[sql])
 
 
 async def _read_current(
@@ -357,8 +353,6 @@ async def _read_current(
 
 _SAVEPOINT = "SAVEPOINT fhir_gateway_unit"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT fhir_gateway_unit"
-_RELEASE_SAVEPOINT = "RELEASE SAVEPOINT fhir_gateway_unit"
-_CONTROL = {sql: text(sql) for sql in (_SAVEPOINT, _ROLLBACK_TO_SAVEPOINT, _RELEASE_SAVEPOINT)}
 
 
 def _row_dict(row: Any) -> dict[str, Any]:

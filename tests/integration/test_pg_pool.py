@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fhir_gateway.crypto.service import PhiCrypto
 from fhir_gateway.store import engine as engines
-from fhir_gateway.store.database import AsyncDatabase
+from fhir_gateway.store.postgres import PostgresDatabase
 from fhir_gateway.store.store import Store
 from tests.conftest import PG_URL, make_settings, open_client
 
@@ -20,7 +20,7 @@ FHIR = {"Content-Type": "application/fhir+json"}
 MRN = "identifier=urn:mrn|7"
 
 
-async def backend_pid(database: AsyncDatabase) -> int:
+async def backend_pid(database: PostgresDatabase) -> int:
     async with database.connect() as conn:
         return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
 
@@ -37,7 +37,7 @@ async def test_an_idle_connection_whose_session_died_is_replaced_before_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(engines, "IDLE_PING_SECONDS", 0.0)  # every handed-back connection counts as idle
-    database = AsyncDatabase(engines.create_engine(PG_URL))
+    database = PostgresDatabase(engines.create_engine(PG_URL))
     try:
         first = await backend_pid(database)
         await terminate(first)
@@ -48,7 +48,7 @@ async def test_an_idle_connection_whose_session_died_is_replaced_before_use(
 
 async def test_a_recently_used_connection_is_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engines, "IDLE_PING_SECONDS", 3600.0)
-    database = AsyncDatabase(engines.create_engine(PG_URL))
+    database = PostgresDatabase(engines.create_engine(PG_URL))
     try:
         await terminate(await backend_pid(database))
         # Not checked, so the dead session is only found by the statement itself ...
@@ -61,7 +61,7 @@ async def test_a_recently_used_connection_is_not_checked(monkeypatch: pytest.Mon
 
 
 async def test_reads_run_outside_a_transaction() -> None:
-    database = AsyncDatabase(engines.create_engine(PG_URL))
+    database = PostgresDatabase(engines.create_engine(PG_URL))
     try:
         async with database.connect() as conn:
             # Each statement is its own transaction: no transaction id is held between them.
