@@ -22,7 +22,8 @@ a new one instead of handing it out again.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -61,7 +62,11 @@ class PostgresDatabase:
             except BaseException:
                 await driver.abort()
                 raise
-            await driver.commit()
+            try:
+                await driver.commit()
+            except asyncio.CancelledError:  # the COMMIT's outcome is unknown: never reuse the connection
+                await conn.invalidate()
+                raise
 
     @asynccontextmanager
     async def connect(self, *, offload: bool = False) -> AsyncIterator[PostgresConnection]:
@@ -102,60 +107,41 @@ class PostgresConnection:
         return await self._conn.execute(statement, parameters)
 
     async def control(self, sql: str) -> None:
-        """A statement without parameters (BEGIN, COMMIT, SAVEPOINT ...): one simple-query round trip."""
-        try:
-            await self._driver.execute(sql)
-        except Exception as exc:
-            raise await self._translated(exc, sql) from exc
+        """A statement without parameters (BEGIN, SAVEPOINT ...): one simple-query round trip."""
+        await self._call(self._driver.execute, sql)
 
     async def fetch_first(
         self, statement: DriverStatement, parameters: Mapping[str, Any]
     ) -> Sequence[Any] | None:
-        values = statement.values(parameters)
-        try:
-            row: Sequence[Any] | None = await self._driver.fetchrow(statement.sql, *values)
-        except Exception as exc:
-            raise await self._translated(exc, statement.sql) from exc
+        row: Sequence[Any] | None = await self._call(
+            self._driver.fetchrow, statement.sql, *statement.values(parameters)
+        )
         return row
 
     async def fetch_expanded(
         self, statement: UpdateBase | Select[Any], parameters: Mapping[str, Any]
     ) -> Sequence[Sequence[Any]]:
         sql, values = DriverStatement.expanded(statement, self.dialect, parameters)
-        try:
-            rows: list[Sequence[Any]] = await self._driver.fetch(sql, *values)
-        except Exception as exc:
-            raise await self._translated(exc, sql) from exc
+        rows: list[Sequence[Any]] = await self._call(self._driver.fetch, sql, *values)
         return rows
 
     async def write_many(self, statement: DriverStatement, rows: Sequence[Mapping[str, Any]]) -> None:
-        values = [statement.values(row) for row in rows]
-        try:
-            if len(values) == 1:
-                await self._driver.execute(statement.sql, *values[0])
-            else:
-                await self._driver.executemany(statement.sql, values)
-        except Exception as exc:
-            raise await self._translated(exc, statement.sql) from exc
+        if len(rows) == 1:
+            await self._call(self._driver.execute, statement.sql, *statement.values(rows[0]))
+        else:
+            await self._call(self._driver.executemany, statement.sql, [statement.values(r) for r in rows])
 
     async def insert_returning_key(
         self, statement: UpdateBase, returning: UpdateBase, row: Mapping[str, Any]
     ) -> int:
         compiled = driver_statement(returning, self.dialect, row)
-        values = compiled.values(row)
-        try:
-            key: int = await self._driver.fetchval(compiled.sql, *values)
-        except Exception as exc:
-            raise await self._translated(exc, compiled.sql) from exc
+        key: int = await self._call(self._driver.fetchval, compiled.sql, *compiled.values(row))
         return key
 
     async def commit(self) -> None:
         """COMMIT, and make sure it did: PostgreSQL answers COMMIT in a transaction that has failed
         with a ROLLBACK and no error, and what was not committed must never be acknowledged."""
-        try:
-            status = await self._driver.execute(_COMMIT)
-        except Exception as exc:
-            raise await self._translated(exc, _COMMIT) from exc
+        status = await self._call(self._driver.execute, _COMMIT)
         if status != _COMMIT:
             raise DBAPIError(_COMMIT, None, RuntimeError(f"the server ended the transaction with {status}"))
 
@@ -168,6 +154,13 @@ class PostgresConnection:
             await self._driver.execute(_ROLLBACK)
         except Exception:  # noqa: BLE001 - the caller's error is the one to report
             await self._conn.invalidate()
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], sql: str, *args: Any) -> Any:
+        """`method(sql, *args)` on the asyncpg connection, its errors raised as SQLAlchemy's."""
+        try:
+            return await method(sql, *args)
+        except Exception as exc:
+            raise await self._translated(exc, sql) from exc
 
     async def _translated(self, exc: Exception, sql: str) -> Exception:
         """The SQLAlchemy exception for a driver error, as SQLAlchemy's own dialect would raise it."""

@@ -5,6 +5,8 @@ store's transaction (rolled back with it), a unique clash is a 409 Conflict, a d
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from sqlalchemy import bindparam, func, insert, literal_column, select, text
@@ -14,6 +16,7 @@ from fhir_gateway.errors import Conflict, ServiceUnavailable
 from fhir_gateway.pipeline.tables import change_feed
 from fhir_gateway.store import engine as engines
 from fhir_gateway.store.database import first_row, write_rows
+from fhir_gateway.store.postgres import PostgresConnection
 from fhir_gateway.store.schema import resources
 from fhir_gateway.store.store import Store
 from tests.conftest import PG_URL
@@ -119,3 +122,40 @@ async def test_any_other_driver_error_is_a_database_error_and_rolls_back(store: 
     assert isinstance(raised.value.orig, asyncpg.DivisionByZeroError)
     assert not isinstance(raised.value, OperationalError)  # not taken for an outage
     assert await feed_rows(store) == 0
+
+
+async def test_a_connection_whose_commit_was_cancelled_is_not_reused(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COMMIT interrupted by cancellation may or may not have happened, and the connection may be
+    in the middle of its reply: it is dropped, never handed to the next request."""
+    used = await backend_pid(store)
+    assert await backend_pid(store) == used  # an idle pool hands the same connection back
+
+    async def cancelled(self: PostgresConnection) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(PostgresConnection, "commit", cancelled)
+    with pytest.raises(asyncio.CancelledError):
+        async with store.database.begin() as conn:
+            assert int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()) == used
+    assert await backend_pid(store) != used
+
+
+async def test_a_connection_that_cannot_roll_back_is_not_reused(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used = await backend_pid(store)
+    execute = asyncpg.Connection.execute
+
+    async def failing_rollback(self: asyncpg.Connection, query: str, *args: object) -> str:
+        if query == "ROLLBACK":
+            raise asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+        return await execute(self, query, *args)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", failing_rollback)
+    with pytest.raises(RuntimeError, match="the submit failed"):  # the caller's error, not the rollback's
+        async with store.database.begin():
+            raise RuntimeError("the submit failed")
+    monkeypatch.undo()
+    assert await backend_pid(store) != used
