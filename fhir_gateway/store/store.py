@@ -319,9 +319,10 @@ class Transaction:
 
         Plain SAVEPOINT statements under one fixed name (units of a group run one after another, see
         store/group.py): SQLAlchemy's begin_nested() compiles a new statement for every savepoint
-        name. A savepoint is not released: the next unit's SAVEPOINT of the same name stacks on it,
-        ROLLBACK TO reaches the newest one of that name, and the commit ends them all. RELEASE
-        would undo nothing and cost a round trip per unit on PostgreSQL.
+        name. On PostgreSQL a savepoint is not released: the next unit's SAVEPOINT of the same name
+        stacks on it, ROLLBACK TO reaches the newest one of that name, and the commit ends them all,
+        so RELEASE would be a round trip per unit for nothing. SQLite is released: there every open
+        savepoint is checked on each page written after it (7 % of HL7 ingest with 8 callers).
         """
         saved = (
             len(self._history),
@@ -340,6 +341,8 @@ class Transaction:
             del self._history[saved[0] :]
             self._stale, self._rows, self._known, self._inserts, self._updates = saved[1:]
             raise
+        if self._immediate:
+            await self.conn.control(_RELEASE_SAVEPOINT)
 
 
 async def _read_current(
@@ -353,6 +356,7 @@ async def _read_current(
 
 _SAVEPOINT = "SAVEPOINT fhir_gateway_unit"
 _ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT fhir_gateway_unit"
+_RELEASE_SAVEPOINT = "RELEASE SAVEPOINT fhir_gateway_unit"
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
