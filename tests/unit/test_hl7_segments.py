@@ -794,3 +794,25 @@ def test_segments_without_their_context_add_nothing() -> None:
     )
     assert not resources(lost, "Encounter") and not resources(lost, "CareTeam")
     assert "participant" not in one(lost, "Patient") and {i.location for i in lost.issues} == {"OBX-3"}
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("123456789012345678901234567890", "an integer past 64 bits, which cannot be stored"),
+        ("1" + "0" * 400 + ".5", "a float would be infinite (stored as null)"),
+        ("0." + "0" * 400 + "1", "a float would be 0"),
+    ],
+)
+def test_an_nm_value_no_fhir_decimal_holds_is_kept_as_text_with_a_warning(sent: str, kept: str) -> None:
+    result = mapped("ORU^R01", f"OBR|1||F1|2345-7^Glucose^LN\rOBX|1|NM|2345-7^Glucose^LN||{sent}|mg|||||F")
+    observation = one(result, "Observation")
+    assert observation["valueString"] == sent and "valueQuantity" not in observation, kept
+    assert [(i.severity, i.location) for i in result.issues] == [("W", "OBX-5")]
+
+
+def test_nm_values_within_eighteen_significant_digits_stay_numbers() -> None:
+    result = mapped(
+        "ORU^R01", "OBR|1||F1|2345-7^Glucose^LN\rOBX|1|NM|2345-7^Glucose^LN||-000123456789012345.678|mg|||||F"
+    )
+    assert one(result, "Observation")["valueQuantity"]["value"] == -123456789012345.678

@@ -18,6 +18,7 @@ Json = dict[str, Any]
 
 _DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?\s*([+-]\d{4}|Z)?\Z")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)\Z")
+MAX_DIGITS = 18  # significant digits every FHIR decimal implementation keeps (XML Schema's minimum)
 
 
 def comp(rep: Rep, n: int, sub: int = 1) -> str:
@@ -302,12 +303,18 @@ def location_name(rep: Rep | None) -> str:
 
 # ---- quantities ----------------------------------------------------------------------------------
 def number(text: str) -> int | float | None:
-    """NM → a JSON number (int when integral as written), None when not a number."""
+    """NM → a JSON number (int when integral as written), None when not a number or not one a FHIR
+    decimal holds: more than `MAX_DIGITS` significant digits (an integer past 64 bits cannot even be
+    stored, and a float would round it), or too small for a float (it would become 0)."""
     t = text.strip()
     if not _NUMBER.match(t):
         return None
+    significant = t.lstrip("+-").replace(".", "").lstrip("0")
+    if len(significant) > MAX_DIGITS:
+        return None
     if "." in t:
-        return float(t)
+        value = float(t)
+        return value if value or not significant else None
     return int(t)
 
 

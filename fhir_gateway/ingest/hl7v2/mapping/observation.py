@@ -134,6 +134,9 @@ def _link_order(obs: Json, seg: Segment, ctx: MapContext) -> None:
             describe_immunization(seg, loinc, order, ctx)
 
 
+NOT_A_DECIMAL = "OBX-5 is not a number a FHIR decimal holds, although OBX-2 is NM; kept as text"
+
+
 def _value(seg: Segment, value_type: str, obs: Json, ctx: MapContext) -> None:
     reps = seg.repetitions(5)
     if not reps:
@@ -143,7 +146,12 @@ def _value(seg: Segment, value_type: str, obs: Json, ctx: MapContext) -> None:
     if value_type == "NM":
         num = number(comp(first, 1))
         if num is None:
-            ctx.warn(seg, 5, DATA_TYPE_ERROR, "OBX-5 is not a number although OBX-2 is NM; kept as text")
+            ctx.warn(
+                seg,
+                5,
+                DATA_TYPE_ERROR,
+                NOT_A_DECIMAL,
+            )
             obs["valueString"] = comp(first, 1)
         else:
             obs["valueQuantity"] = quantity(num, units)
