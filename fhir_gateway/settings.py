@@ -125,6 +125,9 @@ class Hl7Settings(_Section):
     # offset when MSH-7 has none either: most v2 feeds send local time. Unset, such times keep only
     # their date (FHIR needs a zone with a time, and a guessed one would shift every result).
     timezone: str | None = None
+    # Map messages in a child process (ingest/hl7v2/mapper.py), so that ingest uses a second core;
+    # only on a machine with more than one. Off: everything runs in the server's process.
+    mapping_process: bool = True
 
     @field_validator("timezone")
     @classmethod

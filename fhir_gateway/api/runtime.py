@@ -21,6 +21,7 @@ from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import GatewayError, Unauthorized
 from fhir_gateway.gateway import Gateway
 from fhir_gateway.ingest.dicom.ingest import DicomIngester
+from fhir_gateway.ingest.hl7v2.mapper import MappingProcess
 from fhir_gateway.routing.availability import Availability
 from fhir_gateway.routing.outbox import finish
 from fhir_gateway.settings import Settings
@@ -40,6 +41,8 @@ class Runtime:
         self.gateway = Gateway(settings, self.store)
         self.verifier = TokenVerifier(settings)
         self.dicom = DicomIngester.from_settings(self.gateway, settings)  # one per server: per-study locks
+        # One per server, shared by MLLP, `POST /hl7v2`, the file drop and replays; started on first use.
+        self.hl7_mapping = MappingProcess(settings.hl7)
         self.audit = AuditLog(
             self.store,
             settings.audit,
@@ -77,6 +80,7 @@ class Runtime:
                 self._migrated = True
 
     async def stop(self) -> None:
+        await self.hl7_mapping.stop()
         await self.audit.stop()  # flushes every queued AuditEvent before the store goes away
         await self.store.dispose()
 

@@ -152,6 +152,7 @@ async def mllp_listener(
 ) -> AsyncIterator[MllpServer]:
     """Run an MLLP listener for the block (port 0 picks a free port: see `server.port`)."""
     server = MllpServer(runtime, receiver)
+    runtime.hl7_mapping.start()
     await server.start(host, port)
     try:
         yield server

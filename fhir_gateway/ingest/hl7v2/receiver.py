@@ -31,7 +31,7 @@ from fhir_gateway.ingest.hl7v2.mapping.context import (
     SEGMENT_SEQUENCE_ERROR,
     MapIssue,
 )
-from fhir_gateway.ingest.hl7v2.messages import check_supported, map_message, source_system
+from fhir_gateway.ingest.hl7v2.messages import check_supported, source_system
 from fhir_gateway.store.store import Transaction
 from fhir_gateway.transaction import EntryResult
 
@@ -84,7 +84,6 @@ class Receiver:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.zone = runtime.settings.hl7.zone()  # for times without a UTC offset (settings hl7.timezone)
 
     async def receive(self, data: bytes | str, *, replay_of: int | None = None) -> Reply:
         raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -102,8 +101,9 @@ class Receiver:
             return Reply(acknowledgements(message, Outcome.UNAVAILABLE, [issue]), Outcome.UNAVAILABLE)
 
     async def _receive(self, raw: bytes, replay_of: int | None) -> Reply:
+        text = decode(raw)
         try:
-            message = parse(decode(raw))
+            message = parse(text)
         except Er7Error as exc:
             issue = MapIssue("E", SEGMENT_SEQUENCE_ERROR, str(exc), "MSH", 1)
             acks = acknowledgements(None, Outcome.REJECTED, [issue], raw_control_id=_control_id_guess(raw))
@@ -116,13 +116,14 @@ class Receiver:
             error_id = await self._queue(key, _type(message), raw, "AR", [problem], replay_of)
             return Reply(acks, Outcome.REJECTED, error_id=error_id)
         try:
-            return await self._apply(message, key, raw, replay_of)
+            with self.runtime.hl7_mapping.receiving():
+                return await self._apply(message, text, key, raw, replay_of)
         except ServiceUnavailable:
             issue = MapIssue("E", INTERNAL_ERROR, "The store is unavailable; nothing was kept, send it again")
             return Reply(acknowledgements(message, Outcome.UNAVAILABLE, [issue]), Outcome.UNAVAILABLE)
 
     async def _apply(
-        self, message: Message, key: hl7_store.MessageKey, raw: bytes, replay_of: int | None
+        self, message: Message, text: str, key: hl7_store.MessageKey, raw: bytes, replay_of: int | None
     ) -> Reply:
         gateway = await self.runtime.ready_gateway()
         stored = await hl7_store.stored_acks(self.runtime.store, key)
@@ -131,7 +132,7 @@ class Receiver:
                 async with self.runtime.store.transaction() as tx:
                     await hl7_store.mark_replayed(tx.conn, replay_of)
             return Reply(stored, Outcome.ACCEPTED, duplicate=True)
-        mapped = map_message(message, self.zone)
+        mapped = await self.runtime.hl7_mapping.map(message, text)
         if mapped.failed:
             acks = acknowledgements(message, Outcome.ERROR, mapped.issues)
             error_id = await self._queue(key, _type(message), raw, "AE", mapped.issues, replay_of)
