@@ -8,7 +8,9 @@ fresh MSH-10 so none is an idempotent duplicate):
 2. floor: a raw SQLite insert + commit per message (stdlib sqlite3, WAL) — what one durable write
    per message costs on this disk, with no FHIR work at all;
 3. ingest: messages/min committed through `Receiver.receive` (parse → map → Gateway.submit →
-   idempotency row) on SQLite (or `--database-url`), with C concurrent callers;
+   idempotency row) on SQLite (or `--database-url`), with C concurrent callers; with the default
+   settings, messages received together are mapped in a child process (`hl7.mapping_process`),
+   a lone caller's in-process;
 4. MLLP: N concurrent connections (python-hl7's asyncio MLLP client when installed, else the same
    framing over asyncio streams) pushing the corpus in a loop from a separate process (a load
    generator sharing the server's GIL would slow the server it measures); committed messages/min
