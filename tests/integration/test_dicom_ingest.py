@@ -10,11 +10,13 @@ import asyncio
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -35,7 +37,7 @@ from fhir_gateway.ingest.dicom.blobs import BlobStore
 from fhir_gateway.ingest.dicom.files import dicom_files, ingest_dicom_paths, is_dicom_path
 from fhir_gateway.ingest.dicom.imaging_study import endpoint_resource_id, study_resource_id
 from fhir_gateway.ingest.dicom.ingest import DicomIngester, default_dicomweb_base
-from fhir_gateway.ingest.dicom.scp import DicomListener, dicom_listener
+from fhir_gateway.ingest.dicom.scp import DicomListener, dicom_listener, no_delay, quick_ack
 from fhir_gateway.ingest.dicom.stow import split_multipart
 from fhir_gateway.pipeline.stage import Change
 from fhir_gateway.settings import Settings
@@ -692,3 +694,21 @@ def test_dicom_json_bodies_parse_with_pydicom() -> None:
     )
     assert ds.FailedSOPSequence[0].FailureReason == 0xC000
     assert len(ds.FailedSOPSequence[0].ErrorComment) == 64
+
+
+def test_the_scp_sends_and_acknowledges_without_tcp_delays() -> None:
+    """TCP_NODELAY when an association opens, TCP_QUICKACK on every PDU received: without them an
+    association sending instances one by one waits for delayed ACKs (~40 ms) at every instance."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with client, accepted:
+            event: Any = SimpleNamespace(assoc=SimpleNamespace(dul=SimpleNamespace(socket=None)))
+            no_delay(event)  # a connection already gone: nothing to set, nothing raised
+            quick_ack(event)
+            event.assoc.dul.socket = SimpleNamespace(socket=accepted)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            no_delay(event)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            quick_ack(event)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1

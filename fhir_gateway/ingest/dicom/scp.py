@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -92,7 +93,12 @@ class DicomListener:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        handlers: list[Any] = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo)]
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, no_delay),
+            *([(evt.EVT_DATA_RECV, quick_ack)] if QUICKACK is not None else []),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_ECHO, self.handle_echo),
+        ]
         ae = self.application_entity()
         self._server = await asyncio.to_thread(
             ae.start_server, (self.host, self.requested_port), block=False, evt_handlers=handlers
@@ -149,6 +155,38 @@ class DicomListener:
             [data], source_system=calling_ae, dicomweb_base=self.dicomweb_base
         )
         return outcomes[0]
+
+
+def no_delay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: send each PDU as soon as it is written (TCP_NODELAY).
+
+    pynetdicom leaves Nagle's algorithm on, on both ends. A PDU written while the previous one is
+    not yet acknowledged waits for that ACK, and Linux delays ACKs by up to 40 ms: an association
+    sending its instances one by one got about 20 acknowledged per second, whatever the ingest cost
+    (pynetdicom to pynetdicom with a handler that does nothing: 20/s; 137/s with this option on the
+    SCP's side).
+    """
+    connection = _socket(event)
+    if connection is not None:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def quick_ack(event: evt.Event) -> None:
+    """EVT_DATA_RECV: acknowledge what arrived at once (Linux TCP_QUICKACK, which the kernel turns
+    off again by itself, hence once per received PDU). An SCU that leaves Nagle on sends a C-STORE's
+    data PDUs only as the earlier ones are acknowledged; against our delayed ACKs that cost it up to
+    40 ms per instance (bench_dicom's pynetdicom SCU: 16 → 54 instances/s with both options)."""
+    connection = _socket(event)
+    if connection is not None and QUICKACK is not None:
+        connection.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+
+
+def _socket(event: evt.Event) -> socket.socket | None:
+    transport = event.assoc.dul.socket
+    return transport.socket if transport is not None else None
+
+
+QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 def _status(code: int, comment: str | None) -> Dataset:
