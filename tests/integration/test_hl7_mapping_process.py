@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -52,7 +54,7 @@ def read_frames(data: bytes) -> list[bytes]:
     return found
 
 
-def as_sent(text: str) -> tuple[object, list[tuple[object, ...]]]:
+def as_sent(text: str) -> tuple[Any, list[tuple[Any, ...]]]:
     """What the server itself maps from `text`, as the child's JSON carries it."""
     mapped = map_message(parse(text), Hl7Settings(timezone="America/Chicago").zone())
     issues = [(i.severity, i.code, i.text, i.segment, i.sequence, i.field) for i in mapped.issues]
@@ -119,7 +121,7 @@ async def child() -> AsyncIterator[MappingProcess]:
 
 
 async def test_messages_received_together_are_mapped_by_the_child(child: MappingProcess) -> None:
-    async def one(text: str) -> tuple[object, list[tuple[object, ...]]]:
+    async def one(text: str) -> tuple[Any, list[tuple[Any, ...]]]:
         with child.receiving():
             mapped = await child.map(parse(text), text)
         issues = [(i.severity, i.code, i.text, i.segment, i.sequence, i.field) for i in mapped.issues]
@@ -181,9 +183,9 @@ async def test_stop_ends_the_child(child: MappingProcess) -> None:
 
 
 async def test_off_or_on_one_core_nothing_is_started(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mapper.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert not MappingProcess(Hl7Settings(mapping_process=True)).enabled
-    monkeypatch.setattr(mapper.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
     off = MappingProcess(Hl7Settings(mapping_process=False))
     assert not off.enabled
     off.start()
@@ -211,7 +213,7 @@ async def test_a_child_that_cannot_start_leaves_mapping_here(monkeypatch: pytest
     async def no_exec(*_args: object, **_kwargs: object) -> None:
         raise PermissionError("not allowed to run a process")
 
-    monkeypatch.setattr(mapper.asyncio, "create_subprocess_exec", no_exec)
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", no_exec)
     process = MappingProcess(Hl7Settings(mapping_process=True))
     process.enabled = True
     with process.receiving(), process.receiving():

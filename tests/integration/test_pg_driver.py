@@ -6,6 +6,7 @@ store's transaction (rolled back with it), a unique clash is a 409 Conflict, a d
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -19,7 +20,7 @@ from fhir_gateway.store.database import first_row, write_rows
 from fhir_gateway.store.postgres import PostgresConnection
 from fhir_gateway.store.schema import resources
 from fhir_gateway.store.store import Store
-from tests.conftest import PG_URL
+from tests.integration.test_pg_pool import backend_pid, terminate
 
 pytestmark = pytest.mark.postgres
 ROW = {"category": "clinical", "res_type": "Patient", "res_id": "p1", "version_id": 1}
@@ -32,24 +33,11 @@ async def feed_rows(store: Store) -> int:
         return int((await conn.execute(select(func.count()).select_from(change_feed))).scalar_one())
 
 
-async def backend_pid(store: Store) -> int:
-    async with store.reader() as conn:
-        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
-
-
-async def terminate(pid: int) -> None:
-    admin = await asyncpg.connect(PG_URL.replace("postgresql+asyncpg", "postgresql"))
-    try:
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-    finally:
-        await admin.close()
-
-
 @pytest.fixture
-async def store(pg_url: str) -> Store:
+async def store(pg_url: str) -> AsyncIterator[Store]:
     opened = Store(pg_url)
     await opened.upgrade()
-    yield opened  # type: ignore[misc]
+    yield opened
     await opened.dispose()
 
 
@@ -89,7 +77,7 @@ async def test_a_dead_session_met_by_a_driver_read_is_replaced(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engines, "IDLE_PING_SECONDS", 3600.0)  # no check at checkout: the read meets it
-    await terminate(await backend_pid(store))
+    await terminate(await backend_pid(store.database))
     with pytest.raises(ServiceUnavailable):
         await store.read("Patient", "p1")
     assert await store.read("Patient", "p1") is None  # a new session answers
@@ -129,8 +117,8 @@ async def test_a_connection_whose_commit_was_cancelled_is_not_reused(
 ) -> None:
     """A COMMIT interrupted by cancellation may or may not have happened, and the connection may be
     in the middle of its reply: it is dropped, never handed to the next request."""
-    used = await backend_pid(store)
-    assert await backend_pid(store) == used  # an idle pool hands the same connection back
+    used = await backend_pid(store.database)
+    assert await backend_pid(store.database) == used  # an idle pool hands the same connection back
 
     async def cancelled(self: PostgresConnection) -> None:
         raise asyncio.CancelledError
@@ -139,16 +127,16 @@ async def test_a_connection_whose_commit_was_cancelled_is_not_reused(
     with pytest.raises(asyncio.CancelledError):
         async with store.database.begin() as conn:
             assert int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()) == used
-    assert await backend_pid(store) != used
+    assert await backend_pid(store.database) != used
 
 
 async def test_a_connection_that_cannot_roll_back_is_not_reused(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    used = await backend_pid(store)
+    used = await backend_pid(store.database)
     execute = asyncpg.Connection.execute
 
-    async def failing_rollback(self: asyncpg.Connection, query: str, *args: object) -> str:
+    async def failing_rollback(self: asyncpg.Connection, query: str, *args: object) -> object:
         if query == "ROLLBACK":
             raise asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
         return await execute(self, query, *args)
@@ -158,4 +146,4 @@ async def test_a_connection_that_cannot_roll_back_is_not_reused(
         async with store.database.begin():
             raise RuntimeError("the submit failed")
     monkeypatch.undo()
-    assert await backend_pid(store) != used
+    assert await backend_pid(store.database) != used

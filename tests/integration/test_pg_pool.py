@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from fhir_gateway.crypto.service import PhiCrypto
 from fhir_gateway.store import engine as engines
+from fhir_gateway.store.database import Database
 from fhir_gateway.store.postgres import PostgresDatabase
 from fhir_gateway.store.store import Store
 from tests.conftest import PG_URL, make_settings, open_client
@@ -20,7 +21,7 @@ FHIR = {"Content-Type": "application/fhir+json"}
 MRN = "identifier=urn:mrn|7"
 
 
-async def backend_pid(database: PostgresDatabase) -> int:
+async def backend_pid(database: Database) -> int:
     async with database.connect() as conn:
         return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
 
