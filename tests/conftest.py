@@ -14,6 +14,7 @@ import pytest
 
 from fhir_gateway.api.app import create_app
 from fhir_gateway.settings import Settings, load_settings
+from fhir_gateway.store.store import Store
 
 PG_URL = os.environ.get("TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
@@ -34,6 +35,17 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     """Test settings; requests without a token act as an admin unless `security` is overridden."""
     overrides.setdefault("security", {"allow_anonymous": True})
     return load_settings(None, environ={}, overrides={"database_url": database_url, **overrides})
+
+
+@asynccontextmanager
+async def opened_store(url: str) -> AsyncIterator[Store]:
+    """A Store on `url` with the schema in place, disposed of afterwards."""
+    store = Store(url)
+    await store.upgrade()
+    try:
+        yield store
+    finally:
+        await store.dispose()
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from fhir_gateway.audit.writer import FAILURES, LOST, URGENT_RIDERS, AuditLog
 from fhir_gateway.context import RequestContext
 from fhir_gateway.errors import ServiceUnavailable
 from fhir_gateway.store.store import Store
+from tests.conftest import opened_store
 
 SOURCE = AuditSource(site="test-site", observer="gw-test")
 runner = CliRunner()
@@ -46,10 +47,8 @@ runner = CliRunner()
 
 @pytest.fixture
 async def store(any_db_url: str) -> AsyncIterator[Store]:
-    s = Store(any_db_url)
-    await s.upgrade()
-    yield s
-    await s.dispose()
+    async with opened_store(any_db_url) as opened:
+        yield opened
 
 
 def config(tmp_path: Path, **overrides: Any) -> AuditSettings:

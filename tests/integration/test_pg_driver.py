@@ -20,6 +20,7 @@ from fhir_gateway.store.database import first_row, write_rows
 from fhir_gateway.store.postgres import PostgresConnection
 from fhir_gateway.store.schema import resources
 from fhir_gateway.store.store import Store
+from tests.conftest import opened_store
 from tests.integration.test_pg_pool import backend_pid, terminate
 
 pytestmark = pytest.mark.postgres
@@ -35,10 +36,8 @@ async def feed_rows(store: Store) -> int:
 
 @pytest.fixture
 async def store(pg_url: str) -> AsyncIterator[Store]:
-    opened = Store(pg_url)
-    await opened.upgrade()
-    yield opened
-    await opened.dispose()
+    async with opened_store(pg_url) as opened:
+        yield opened
 
 
 async def test_driver_writes_commit_and_roll_back_with_the_transaction(store: Store) -> None:

@@ -13,16 +13,13 @@ from fhir_gateway.errors import Conflict
 from fhir_gateway.store.schema import idx_token
 from fhir_gateway.store.search.rows import IndexRows, TokenRow
 from fhir_gateway.store.store import PK_BLOCK, Store, StoredVersion, database_errors
+from tests.conftest import opened_store
 
 
 @pytest.fixture
 async def store(any_db_url: str) -> AsyncIterator[Store]:
-    store = Store(any_db_url)
-    await store.upgrade()
-    try:
-        yield store
-    finally:
-        await store.dispose()
+    async with opened_store(any_db_url) as opened:
+        yield opened
 
 
 def version(res_id: str, n: int, family: str) -> StoredVersion:

@@ -20,6 +20,7 @@ from fhir_gateway.routing import outbox
 from fhir_gateway.routing.availability import Availability, record, statuses
 from fhir_gateway.routing.outbox import WITHHELD, Dispatcher, Message
 from fhir_gateway.store.store import Store, StoredVersion
+from tests.conftest import opened_store
 
 LAB = "http://terminology.hl7.org/CodeSystem/observation-category"
 
@@ -36,10 +37,8 @@ def config(**outage: Any) -> AuthoritySettings:
 
 @pytest.fixture
 async def store(any_db_url: str) -> AsyncIterator[Store]:
-    s = Store(any_db_url)
-    await s.upgrade()
-    yield s
-    await s.dispose()
+    async with opened_store(any_db_url) as opened:
+        yield opened
 
 
 def observation(res_id: str, version: int, *tags: str, deleted: bool = False) -> StoredVersion:
