@@ -180,6 +180,9 @@ async def test_stop_ends_the_child(child: MappingProcess) -> None:
     assert process is not None
     await child.stop()
     assert process.returncode == 0 and not child.running
+    with child.receiving(), child.receiving():
+        await child.map(parse(ORU), ORU)  # a message still arriving during shutdown: mapped here
+    assert child.mapped_here == 1 and child._starting is None and child._process is None
 
 
 async def test_off_or_on_one_core_nothing_is_started(monkeypatch: pytest.MonkeyPatch) -> None:

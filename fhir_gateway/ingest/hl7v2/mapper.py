@@ -169,7 +169,9 @@ class MappingProcess:
                     reply.set_exception(ChildLost())
 
     async def stop(self) -> None:
-        """End the child (messages in flight are mapped in-process); wait for it to exit."""
+        """End the child (messages in flight are mapped in-process) and wait for it to exit; no new
+        child is started afterwards."""
+        self.enabled = False
         if self._starting is not None:
             await self._starting
         process, reader = self._process, self._reader
