@@ -9,7 +9,8 @@
 and its idempotency row commit in one transaction (the commit hook), so "acknowledged" implies
 "stored", and a message is never applied twice: a re-sent one finds its row and gets the ACK that
 was sent the first time. Failed messages (AE, and AR for unsupported ones) are kept in the error
-queue with a PHI-free error; `replay` runs one through the same path again.
+queue with a PHI-free error; `replay` runs one through the same path again. `map_message` runs in
+the server's child mapping process when other messages are being received meanwhile (mapper.py).
 """
 
 from __future__ import annotations
