@@ -87,7 +87,7 @@ class Database(Protocol):
 def open_database(url: str) -> Database:
     if engines.is_sqlite(url):
         return SqliteDatabase(url)
-    from fhir_gateway.store.postgres import PostgresDatabase
+    from fhir_gateway.store.postgres import PostgresDatabase  # it builds on this module
 
     return PostgresDatabase(engines.create_engine(url))
 
