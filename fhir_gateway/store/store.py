@@ -197,8 +197,9 @@ class Transaction:
     def __init__(self, conn: Connection, pks: PkBlocks) -> None:
         self.conn = conn
         self._pks = pks  # the Store's: shared by its transactions
-        # SQLite: current rows are written at once, their rowid being the pk (see the class docstring)
-        self._immediate = isinstance(conn, InlineConnection)
+        # The dialect decides how current rows are written (see the class docstring), how the
+        # current rows are read (prefetch) and whether a savepoint is released (savepoint).
+        self._sqlite = isinstance(conn, InlineConnection)
         self._history: list[dict[str, Any]] = []
         self._stale: set[int] = set()  # resource pks whose already-stored index rows must go
         self._rows: dict[int, tuple[str, IndexRows]] = {}  # pk -> the index rows to insert
@@ -224,11 +225,11 @@ class Transaction:
         wanted = sorted(asked)
         self._known.update(dict.fromkeys(wanted))
         rows: Sequence[Sequence[Any]]
-        if self.conn.dialect.name == "postgresql":
-            rows = await expanding_rows(self.conn, _LOCK_CURRENTS, {"keys": wanted})
-        else:
+        if self._sqlite:
             types, ids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
             rows = await expanding_rows(self.conn, _READ_CURRENTS, {"types": types, "ids": ids})
+        else:
+            rows = await expanding_rows(self.conn, _LOCK_CURRENTS, {"keys": wanted})
         for row in rows:
             version = current_from_row(row)
             if (version.res_type, version.res_id) in asked:
@@ -260,7 +261,7 @@ class Transaction:
         }
         if previous is not None and previous.pk is not None:
             pk = previous.pk
-            if self._immediate:
+            if self._sqlite:
                 await write_rows(self.conn, _UPDATE_CURRENT, [{"key": pk, **values}])
             elif pk in self._inserts:  # created earlier in this transaction: insert the latest
                 self._inserts[pk] = {**self._inserts[pk], **values}
@@ -269,7 +270,7 @@ class Transaction:
             self._stale.add(pk)
         else:
             row = {"res_type": version.res_type, "res_id": version.res_id, **values}
-            if self._immediate:
+            if self._sqlite:
                 pk = await insert_row(self.conn, _INSERT_CURRENT_ROW, row, returning=_INSERT_CURRENT)
             else:
                 pk = await self._pks.take(self.conn)
@@ -341,7 +342,7 @@ class Transaction:
             del self._history[saved[0] :]
             self._stale, self._rows, self._known, self._inserts, self._updates = saved[1:]
             raise
-        if self._immediate:
+        if self._sqlite:
             await self.conn.control(_RELEASE_SAVEPOINT)
 
 
